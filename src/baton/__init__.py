@@ -1,0 +1,56 @@
+"""baton: a staged, step-batched serving engine for text-to-image diffusion models.
+
+The public API is what ``__all__`` lists. Names load on first use, so ``import baton`` (and the CLI's start) stays
+quick and torch/diffusers are imported only when something needs them.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0"
+
+_EXPORTS = {
+    "Engine": "baton.engine",
+    "EngineConfig": "baton.config",
+    "RequestLimits": "baton.config",
+    "StageConfig": "baton.config",
+    "GenerationRequest": "baton.request",
+    "GenerationResult": "baton.request",
+    "StageTiming": "baton.request",
+    "BatonError": "baton.errors",
+    "EngineClosedError": "baton.errors",
+    "EngineDeadError": "baton.errors",
+    "InvalidRequestError": "baton.errors",
+    "QueueFullError": "baton.errors",
+    "RequestCancelledError": "baton.errors",
+    "RequestError": "baton.errors",
+    "StageError": "baton.errors",
+}
+
+__all__ = [*_EXPORTS, "__version__"]
+
+if TYPE_CHECKING:
+    from baton.config import EngineConfig, RequestLimits, StageConfig
+    from baton.engine import Engine
+    from baton.errors import (
+        BatonError,
+        EngineClosedError,
+        EngineDeadError,
+        InvalidRequestError,
+        QueueFullError,
+        RequestCancelledError,
+        RequestError,
+        StageError,
+    )
+    from baton.request import GenerationRequest, GenerationResult, StageTiming
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'baton' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value

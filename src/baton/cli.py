@@ -1,0 +1,196 @@
+"""The ``baton`` command line: ``generate``, ``models``, ``info``."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import platform
+import sys
+from pathlib import Path
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from baton import __version__
+
+console = Console()
+
+
+def main(argv: list[str] | None = None) -> int:
+    # transformers warns at import that torchvision is missing (it is not needed here): keep the terminal clean.
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    parser = _parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING if not args.verbose else logging.INFO, format="%(name)s: %(message)s")
+    from baton.errors import BatonError
+    from baton.models import ModelLoadError
+
+    try:
+        return args.handler(args)
+    except (BatonError, ModelLoadError, ValueError) as exc:
+        console.print(f"[bold red]error:[/] {exc}", highlight=False)
+        return 2
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="baton", description="A serving engine for text-to-image diffusion models.")
+    parser.add_argument("--version", action="version", version=f"baton {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log what the engine does")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    generate = commands.add_parser("generate", help="generate images from a prompt and write them to a folder")
+    generate.add_argument("prompt")
+    generate.add_argument("--model", default="tiny-sd15", help="built-in name (see `baton models`), folder or hub id")
+    generate.add_argument("--negative-prompt", default=None)
+    generate.add_argument("-n", "--num-images", type=int, default=1)
+    generate.add_argument("--steps", type=int, default=30)
+    generate.add_argument("--guidance", type=float, default=None, help="guidance scale (default: the model's)")
+    generate.add_argument("--seed", type=int, default=None)
+    generate.add_argument("--size", type=_size, default=None, help="WIDTHxHEIGHT (default: the model's)")
+    generate.add_argument("--scheduler", default="default")
+    generate.add_argument("--format", choices=("png", "jpeg", "webp"), default="png")
+    generate.add_argument("--out", type=Path, default=Path("outputs"))
+    generate.add_argument("--device", default="auto")
+    generate.add_argument("--dtype", default="auto", choices=("auto", "float32", "float16", "bfloat16"))
+    generate.add_argument("--mode", default="staged", choices=("staged", "stacked"))
+    generate.set_defaults(handler=_generate)
+
+    models = commands.add_parser("models", help="list the built-in models with their parameter counts")
+    models.set_defaults(handler=_models)
+
+    info = commands.add_parser("info", help="versions, devices and dtypes available here")
+    info.set_defaults(handler=_info)
+    return parser
+
+
+def _size(text: str) -> tuple[int, int]:
+    try:
+        width, height = (int(part) for part in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"`--size` must look like 512x512, got {text!r}") from None
+    return width, height
+
+
+def _generate(args: argparse.Namespace) -> int:
+    from baton import Engine, GenerationRequest
+
+    width, height = args.size if args.size else (None, None)
+    request = GenerationRequest(
+        prompt=args.prompt,
+        negative_prompt=args.negative_prompt,
+        num_images=args.num_images,
+        width=width,
+        height=height,
+        steps=args.steps,
+        guidance_scale=args.guidance,
+        seed=args.seed,
+        scheduler=args.scheduler,
+        output_format=args.format,
+    )
+    with console.status(f"loading {args.model} …"):
+        engine = Engine(models=(args.model,), device=args.device, dtype=args.dtype, mode=args.mode)
+    with engine:
+        request = engine.resolve(request)  # bad input fails here, before any model work
+        with _progress() as progress:
+            task = progress.add_task("denoising", total=request.steps)
+            future = engine.submit(request, progress=lambda done, total: progress.update(task, completed=done,
+                                                                                         total=total))
+            result = future.result()
+            progress.update(task, completed=progress.tasks[0].total)
+    args.out.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for index, data in enumerate(result.encoded or []):
+        path = args.out / f"{result.seed}-{index}.{'jpg' if args.format == 'jpeg' else args.format}"
+        path.write_bytes(data)
+        paths.append(path)
+    _print_timings(result, engine.describe())
+    for path in paths:
+        console.print(f"wrote {path}")
+    return 0
+
+
+def _progress() -> Progress:
+    return Progress(
+        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console,
+        transient=False,
+    )
+
+
+def _print_timings(result, engine_info: dict) -> None:
+    model = engine_info["models"][0]
+    table = Table(
+        title=f"{model['name']} · {engine_info['mode']} · {engine_info['device']} · {engine_info['dtype']} · "
+        f"seed {result.seed}",
+    )
+    table.add_column("stage")
+    table.add_column("queue wait (ms)", justify="right")
+    table.add_column("run (ms)", justify="right")
+    table.add_column("batch (images)", justify="right")
+    for stage, timing in result.timings.items():
+        table.add_row(stage, f"{timing.queue_wait_s * 1e3:.1f}", f"{timing.run_s * 1e3:.1f}", str(timing.batch_images))
+    table.add_section()
+    table.add_row("end to end", "", f"{result.latency_s * 1e3:.1f}", "")
+    console.print(table)
+
+
+def _models(args: argparse.Namespace) -> int:
+    from baton.models import SPECS
+
+    table = Table(title="built-in models (random weights; any diffusers SD1.x/SDXL folder or hub id loads too)")
+    for column in ("name", "family", "parameters", "components", "description"):
+        table.add_column(column, justify="right" if column == "parameters" else "left")
+    for spec in SPECS.values():
+        counts = spec.parameter_counts()
+        table.add_row(
+            spec.name,
+            spec.family,
+            _human(sum(counts.values())),
+            ", ".join(f"{name} {_human(count)}" for name, count in counts.items()),
+            spec.description,
+        )
+    console.print(table)
+    return 0
+
+
+def _human(count: int) -> str:
+    for unit, scale in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
+        if count >= scale:
+            return f"{count / scale:.2f}{unit}"
+    return str(count)
+
+
+def _info(args: argparse.Namespace) -> int:
+    import diffusers
+    import torch
+    import transformers
+
+    table = Table(title="baton info", show_header=False)
+    rows = [
+        ("baton", __version__),
+        ("python", platform.python_version()),
+        ("torch", torch.__version__),
+        ("diffusers", diffusers.__version__),
+        ("transformers", transformers.__version__),
+        ("platform", platform.platform()),
+        ("cpu threads", str(torch.get_num_threads())),
+        ("cuda available", str(torch.cuda.is_available())),
+        ("HF_HUB_OFFLINE", os.environ.get("HF_HUB_OFFLINE", "unset")),
+    ]
+    if torch.cuda.is_available():
+        for index in range(torch.cuda.device_count()):
+            props = torch.cuda.get_device_properties(index)
+            rows.append((f"cuda:{index}", f"{props.name}, {props.total_memory / 2**30:.0f} GiB, sm_{props.major}"
+                                          f"{props.minor}"))
+        rows.append(("cuda dtypes", "float32, float16" + (", bfloat16" if torch.cuda.is_bf16_supported() else "")))
+    rows.append(("cpu dtypes", "float32, bfloat16"))
+    rows.append(("attention", "SDPA (torch.nn.functional.scaled_dot_product_attention)"))
+    for name, value in rows:
+        table.add_row(name, value)
+    console.print(table)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

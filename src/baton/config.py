@@ -1,0 +1,111 @@
+"""Engine configuration: plain dataclasses, validated on construction, no torch.
+
+Each field says what it controls. Invalid values raise ``ValueError`` naming the field and the value.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+EngineMode = Literal["staged", "stacked"]
+DTypeName = Literal["auto", "float32", "float16", "bfloat16"]
+
+ENGINE_MODES: tuple[str, ...] = ("staged", "stacked")
+DTYPE_NAMES: tuple[str, ...] = ("auto", "float32", "float16", "bfloat16")
+
+
+@dataclass(frozen=True, slots=True)
+class RequestLimits:
+    """What a single request may ask for. Requests outside these limits are refused before any model work."""
+
+    min_size: int = 64
+    """Smallest allowed width or height, in pixels."""
+    max_size: int = 2048
+    """Largest allowed width or height, in pixels."""
+    size_multiple: int = 8
+    """Width and height must be multiples of this (the VAE downsamples by 8)."""
+    max_steps: int = 200
+    """Largest number of denoising steps."""
+    max_images: int = 16
+    """Largest number of images per request."""
+
+    def __post_init__(self) -> None:
+        _require(self.size_multiple >= 1, "size_multiple", self.size_multiple, "must be >= 1")
+        _require(self.min_size >= self.size_multiple, "min_size", self.min_size, f"must be >= size_multiple")
+        _require(self.max_size >= self.min_size, "max_size", self.max_size, f"must be >= min_size ({self.min_size})")
+        _require(self.max_steps >= 1, "max_steps", self.max_steps, "must be >= 1")
+        _require(self.max_images >= 1, "max_images", self.max_images, "must be >= 1")
+
+
+@dataclass(frozen=True, slots=True)
+class StageConfig:
+    """How one pipeline stage forms batches."""
+
+    max_batch_images: int = 8
+    """Most images a batch of this stage may hold. A single larger request still runs, alone."""
+    max_wait_s: float = 0.0
+    """How long the stage may hold a partial batch waiting for more compatible requests.
+
+    0 runs whatever is waiting at once: under load, batches fill from the queue that builds up while the stage
+    works, and at low load nobody pays for waiting."""
+
+    def __post_init__(self) -> None:
+        _require(self.max_batch_images >= 1, "max_batch_images", self.max_batch_images, "must be >= 1")
+        _require(self.max_wait_s >= 0, "max_wait_s", self.max_wait_s, "must be >= 0")
+
+
+@dataclass(frozen=True, slots=True)
+class EngineConfig:
+    """Everything that shapes an :class:`~baton.Engine`.
+
+    Example::
+
+        EngineConfig(models=("tiny-sd15",), device="cpu", denoise=StageConfig(max_batch_images=16))
+    """
+
+    models: tuple[str, ...] = ("tiny-sd15",)
+    """Models to load: built-in names (``baton models``), hub ids or local folders. The first is the default."""
+    mode: EngineMode = "staged"
+    """``staged``: baton's pipeline of concurrent stages. ``stacked``: the plain diffusers pipeline, one request
+    at a time (the baseline every benchmark compares with)."""
+    device: str = "auto"
+    """``auto`` (CUDA when available, else CPU), ``cpu``, ``cuda`` or ``cuda:N``."""
+    dtype: DTypeName = "auto"
+    """Compute dtype of the models. ``auto``: float16 on CUDA, float32 on CPU."""
+    max_queue: int = 256
+    """Requests admitted but not finished, at most; past that, :class:`~baton.QueueFullError`."""
+    stage_queue_size: int = 64
+    """Capacity of each queue between stages; a full queue makes the stage before it wait (backpressure)."""
+    encode: StageConfig = field(default_factory=lambda: StageConfig(max_batch_images=16))
+    """Text-encoding stage batching (counted in prompts)."""
+    denoise: StageConfig = field(default_factory=StageConfig)
+    """Denoising stage batching (counted in images)."""
+    decode: StageConfig = field(default_factory=lambda: StageConfig(max_batch_images=4))
+    """VAE-decoding stage batching (counted in images)."""
+    image_workers: int = 2
+    """Threads of the CPU pool that turns pixels into PNG/JPEG/WebP bytes."""
+    limits: RequestLimits = field(default_factory=RequestLimits)
+    """Per-request limits, checked before any model work."""
+
+    def __post_init__(self) -> None:
+        models = (self.models,) if isinstance(self.models, str) else tuple(self.models)
+        object.__setattr__(self, "models", models)
+        _require(len(models) >= 1, "models", self.models, "must name at least one model")
+        _require(all(isinstance(m, str) and m for m in models), "models", self.models, "must be non-empty strings")
+        _require(self.mode in ENGINE_MODES, "mode", self.mode, f"must be one of {ENGINE_MODES}")
+        _require(self.dtype in DTYPE_NAMES, "dtype", self.dtype, f"must be one of {DTYPE_NAMES}")
+        _require(
+            self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:"),
+            "device",
+            self.device,
+            "must be 'auto', 'cpu', 'cuda' or 'cuda:N'",
+        )
+        _require(self.max_queue >= 1, "max_queue", self.max_queue, "must be >= 1")
+        _require(self.stage_queue_size >= 1, "stage_queue_size", self.stage_queue_size, "must be >= 1")
+        _require(self.image_workers >= 1, "image_workers", self.image_workers, "must be >= 1")
+
+
+def _require(ok: bool, name: str, value: object, rule: str) -> None:
+    if not ok:
+        raise ValueError(f"`{name}` {rule}, got {value!r}")

@@ -1,0 +1,219 @@
+"""The engine: the public front that admits requests, and the owner of the models and the workers.
+
+``Engine`` checks each request at the edge, turns it into a :class:`~baton.stages.Job` with a future, and hands it
+to an executor: the staged pipeline (``mode="staged"``) or the plain diffusers baseline (``mode="stacked"``). It
+never lets a future dangle: on close, every admitted request is finished or failed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import secrets
+import threading
+import time
+import uuid
+from concurrent.futures import Future
+from typing import Any
+
+from baton.config import EngineConfig
+from baton.device import resolve_device, resolve_dtype
+from baton.errors import EngineClosedError, EngineDeadError, QueueFullError
+from baton.executors import Executor, StackedExecutor, StagedExecutor
+from baton.models import SCHEDULER_NAMES, ModelRunner, load_model
+from baton.request import GenerationRequest, GenerationResult, validate_request
+from baton.stages import Job, ProgressCallback
+
+logger = logging.getLogger(__name__)
+
+_SEED_RANGE = 2**31  # drawn seeds stay small enough to type back in
+
+
+class Engine:
+    """A text-to-image serving engine over one or more diffusers models.
+
+    Example::
+
+        with Engine(models="tiny-sd15") as engine:
+            result = engine.generate(prompt="a red fox in the snow", steps=20, seed=0)
+            result.images[0].save("fox.png")
+
+    Keyword arguments are :class:`EngineConfig` fields, applied on top of ``config``.
+    """
+
+    def __init__(self, config: EngineConfig | None = None, **overrides: Any) -> None:
+        config = config or EngineConfig()
+        self.config = dataclasses.replace(config, **overrides) if overrides else config
+        self.device = resolve_device(self.config.device)
+        self.dtype = resolve_dtype(self.config.dtype, self.device)
+        self._lock = threading.Lock()
+        self._inflight: dict[str, Job] = {}
+        self._closed = False
+        self._dead: BaseException | None = None
+        self._abort = threading.Event()
+
+        # 1. load every model before any worker starts: a bad name fails here, not at the first request
+        self.runners: dict[str, ModelRunner] = {}
+        for name in self.config.models:
+            self.runners[name] = load_model(name, self.device, self.dtype)
+        self.default_model = self.config.models[0]
+
+        # 2. start the workers
+        executor_class = StagedExecutor if self.config.mode == "staged" else StackedExecutor
+        self._executor: Executor = executor_class(self.config, self.device, self._abort, self._on_worker_death)
+        self._executor.start()
+        logger.info(
+            "engine ready: mode=%s device=%s dtype=%s models=%s", self.config.mode, self.device, self.dtype,
+            list(self.runners),
+        )
+
+    # -- submitting -----------------------------------------------------------------------------------------------
+    def submit(
+        self,
+        request: GenerationRequest | None = None,
+        /,
+        *,
+        progress: ProgressCallback | None = None,
+        **fields: Any,
+    ) -> Future[GenerationResult]:
+        """Admit a request and return a future of its result.
+
+        Pass a :class:`GenerationRequest`, or its fields as keywords (``prompt=...``, ``steps=...``). Invalid
+        requests raise :class:`~baton.InvalidRequestError` here, before any work; a full engine raises
+        :class:`~baton.QueueFullError`. Cancelling the future drops the request's remaining work at the next step.
+        """
+        # 1. the engine must be able to take it
+        if self._dead is not None:
+            raise EngineDeadError(f"the engine is dead: {self._dead!r}")
+        if self._closed:
+            raise EngineClosedError("the engine is closed")
+        # 2. resolve the model's defaults, then check everything (before any model work)
+        request = self.resolve(request, **fields)
+        runner = self.runners[request.model]
+        # 3. admission
+        future: Future[GenerationResult] = Future()
+        job = Job(
+            request=request,
+            runner=runner,
+            future=future,
+            request_id=uuid.uuid4().hex,
+            seed=request.seed if request.seed is not None else secrets.randbelow(_SEED_RANGE),
+            submitted_at=time.perf_counter(),
+            progress=progress,
+        )
+        with self._lock:
+            if self._closed:
+                raise EngineClosedError("the engine is closed")
+            if len(self._inflight) >= self.config.max_queue:
+                raise QueueFullError(
+                    f"the engine holds {len(self._inflight)} requests, its limit (`max_queue`); retry later"
+                )
+            self._inflight[job.request_id] = job
+        future.add_done_callback(lambda _: self._forget(job.request_id))
+        # 4. hand it to the workers
+        self._executor.enqueue(job)
+        return future
+
+    def generate(
+        self, request: GenerationRequest | None = None, /, *, timeout: float | None = None, **fields: Any
+    ) -> GenerationResult:
+        """Generate and wait: :meth:`submit` then the result (or its error)."""
+        return self.submit(request, **fields).result(timeout)
+
+    async def generate_async(self, request: GenerationRequest | None = None, /, **fields: Any) -> GenerationResult:
+        """``await`` the result; cancelling the awaiting task cancels the request."""
+        return await asyncio.wrap_future(self.submit(request, **fields))
+
+    def resolve(self, request: GenerationRequest | None = None, /, **fields: Any) -> GenerationRequest:
+        """The request with the model's defaults filled in, validated. Raises on bad input, does no model work."""
+        if request is None:
+            try:
+                request = GenerationRequest(**fields)
+            except TypeError as exc:
+                known = [f.name for f in dataclasses.fields(GenerationRequest)]
+                raise TypeError(f"{exc}; request fields are {known}") from None
+        elif fields:
+            request = dataclasses.replace(request, **fields)
+        model = request.model if request.model is not None else self.default_model
+        runner = self.runners.get(model) if isinstance(model, str) else None
+        if runner is not None:
+            request = dataclasses.replace(
+                request,
+                model=model,
+                width=runner.default_size if request.width is None else request.width,
+                height=runner.default_size if request.height is None else request.height,
+                guidance_scale=(
+                    runner.default_guidance_scale if request.guidance_scale is None else request.guidance_scale
+                ),
+            )
+        validate_request(request, self.config.limits, tuple(self.runners), SCHEDULER_NAMES)
+        return request
+
+    # -- state ----------------------------------------------------------------------------------------------------
+    @property
+    def pending(self) -> int:
+        """Requests admitted and not yet settled."""
+        with self._lock:
+            return len(self._inflight)
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    @property
+    def dead(self) -> bool:
+        return self._dead is not None
+
+    def describe(self) -> dict[str, Any]:
+        """What this engine runs, for ``baton info`` and servers."""
+        return {
+            "mode": self.config.mode,
+            "device": str(self.device),
+            "dtype": str(self.dtype).removeprefix("torch."),
+            "models": [runner.describe() for runner in self.runners.values()],
+            "schedulers": list(SCHEDULER_NAMES),
+        }
+
+    # -- shutting down --------------------------------------------------------------------------------------------
+    def close(self, drain: bool = True, timeout: float | None = None) -> None:
+        """Stop accepting requests and stop the workers; no admitted request is left pending afterwards.
+
+        Args:
+            drain: finish the requests already admitted (``True``), or fail them with
+                :class:`~baton.EngineClosedError` at their next step boundary (``False``).
+            timeout: seconds to wait for the workers; requests still unfinished then are failed.
+        """
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+        if not drain:
+            self._abort.set()
+        stopped = self._executor.shutdown(timeout)
+        if not stopped:
+            logger.warning("workers did not stop within %s s; failing what is left", timeout)
+            self._abort.set()
+        self._fail_all(EngineClosedError("the engine was closed before this request finished"))
+
+    def __enter__(self) -> Engine:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def _forget(self, request_id: str) -> None:
+        with self._lock:
+            self._inflight.pop(request_id, None)
+
+    def _fail_all(self, error: BaseException) -> None:
+        with self._lock:
+            jobs = list(self._inflight.values())
+        for job in jobs:
+            job.fail(error)
+
+    def _on_worker_death(self, worker: str, exc: BaseException) -> None:
+        self._dead = exc
+        self._closed = True
+        self._abort.set()
+        self._fail_all(EngineDeadError(f"worker `{worker}` died: {exc!r}"))

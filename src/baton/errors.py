@@ -1,0 +1,61 @@
+"""The errors baton raises.
+
+Two kinds matter to a caller, as in vLLM: a :class:`RequestError` fails one request and leaves the engine serving
+(a server maps it to a 4xx, or a 500 when a stage broke), while :class:`EngineDeadError` means the engine cannot
+serve anymore (a server answers 503 and turns readiness red).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class BatonError(Exception):
+    """Base class of every error baton raises on purpose."""
+
+
+class RequestError(BatonError):
+    """Fails one request; the engine keeps serving the others."""
+
+
+class InvalidRequestError(RequestError, ValueError):
+    """A request field has a value that is not allowed. Raised before any model work.
+
+    Attributes:
+        field: the request field at fault, e.g. ``"width"``.
+        value: the value that was given.
+        allowed: what would have been accepted, in words.
+    """
+
+    def __init__(self, field: str, value: Any, allowed: str) -> None:
+        self.field = field
+        self.value = value
+        self.allowed = allowed
+        super().__init__(f"`{field}` {allowed}, got {value!r}")
+
+
+class QueueFullError(RequestError):
+    """The engine's admission queue is full; the caller should retry later."""
+
+
+class RequestCancelledError(RequestError):
+    """The request was cancelled (by its caller, a timeout or a shutdown) before it finished."""
+
+
+class StageError(RequestError):
+    """A pipeline stage raised while running the batch this request was in.
+
+    Only that batch fails; the stage's worker goes on serving. The original exception is ``__cause__``.
+    """
+
+    def __init__(self, stage: str, cause: BaseException) -> None:
+        self.stage = stage
+        super().__init__(f"stage `{stage}` failed: {type(cause).__name__}: {cause}")
+
+
+class EngineClosedError(BatonError):
+    """The engine is closed (or closing) and accepts no new work."""
+
+
+class EngineDeadError(BatonError):
+    """A worker of the engine died: nothing more can be served. Recreate the engine."""

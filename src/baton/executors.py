@@ -1,0 +1,128 @@
+"""The two ways an engine runs admitted requests: baton's staged pipeline, and the stacked diffusers baseline."""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable
+from typing import Protocol
+
+import torch
+
+from baton.config import EngineConfig, StageConfig
+from baton.device import Mark
+from baton.errors import EngineClosedError, StageError
+from baton.stages import SENTINEL, DenoiseStage, ImageEncodeStage, Job, Stage, TextEncodeStage, VaeDecodeStage
+from baton.stages.image_encode import STAGE_NAME as IMAGE_STAGE
+from baton.stages.image_encode import build_result, complete, to_host_pixels
+
+logger = logging.getLogger(__name__)
+
+DeathHandler = Callable[[str, BaseException], None]
+
+
+class Executor(Protocol):
+    def start(self) -> None: ...
+
+    def enqueue(self, job: Job) -> None: ...
+
+    def shutdown(self, timeout: float | None) -> bool:
+        """Stop after the requests already enqueued; ``True`` when every worker has exited in time."""
+        ...
+
+
+class StagedExecutor:
+    """Four stages on their own threads, linked by bounded queues: encode → denoise → decode → image encode."""
+
+    def __init__(self, config: EngineConfig, device: torch.device, abort: threading.Event, on_death: DeathHandler):
+        common = dict(device=device, queue_size=config.stage_queue_size, abort=abort, on_death=on_death)
+        self.image_stage = ImageEncodeStage(StageConfig(), workers=config.image_workers, **common)
+        self.stages: list[Stage] = [
+            TextEncodeStage(config.encode, **common),
+            DenoiseStage(config.denoise, **common),
+            VaeDecodeStage(config.decode, **common),
+            self.image_stage,
+        ]
+        for upstream, downstream in zip(self.stages, self.stages[1:]):
+            upstream.next_stage = downstream
+
+    def start(self) -> None:
+        for stage in self.stages:
+            stage.start()
+
+    def enqueue(self, job: Job) -> None:
+        self.stages[0].put(job)
+
+    def shutdown(self, timeout: float | None) -> bool:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        try:
+            self.stages[0].put(SENTINEL)  # each stage passes it on once it has handed on all it holds
+        except EngineClosedError:
+            pass  # the first stage is gone already (engine death); the rest are joined below
+        finished = all(stage.join(_remaining(deadline)) for stage in self.stages)
+        self.image_stage.shutdown()
+        return finished
+
+
+class StackedExecutor:
+    """The baseline: one worker thread that calls the plain diffusers pipeline for each request in turn."""
+
+    name = "pipeline"
+
+    def __init__(self, config: EngineConfig, device: torch.device, abort: threading.Event, on_death: DeathHandler):
+        self._inbox: queue.Queue[Job | None] = queue.Queue(maxsize=config.max_queue + 1)
+        self._abort = abort
+        self._on_death = on_death
+        self._thread = threading.Thread(target=self._work, name="baton-stacked", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def enqueue(self, job: Job) -> None:
+        job.enter(self.name, time.perf_counter())
+        self._inbox.put(job)
+
+    def shutdown(self, timeout: float | None) -> bool:
+        self._inbox.put(SENTINEL)
+        self._thread.join(timeout)
+        return not self._thread.is_alive()
+
+    def _work(self) -> None:
+        try:
+            while (job := self._inbox.get()) is not SENTINEL:
+                self._run(job)
+        except BaseException as exc:
+            logger.exception("the stacked worker died")
+            self._on_death(self.name, exc)
+
+    def _run(self, job: Job) -> None:
+        if job.done:
+            return
+        if self._abort.is_set():
+            job.fail(EngineClosedError("the engine was closed before this request finished"))
+            return
+        record = job.records[self.name]
+        record.started = Mark(time.perf_counter())
+        record.batch_images = job.request.num_images
+        try:
+            generator = torch.Generator("cpu").manual_seed(job.seed)
+            pixels = to_host_pixels(job.runner.run_pipeline(job.request, generator), job.request.output_format)
+            record.finished = Mark(time.perf_counter())
+            job.enter(IMAGE_STAGE, record.finished.wall)
+            encode_record = job.records[IMAGE_STAGE]
+            encode_record.started, encode_record.batch_images = record.finished, job.request.num_images
+            result = build_result(job, pixels)
+            encode_record.finished = Mark(time.perf_counter())
+        except Exception as exc:
+            logger.exception("the diffusers pipeline failed request %s", job.request_id)
+            failure = StageError(self.name, exc)
+            failure.__cause__ = exc
+            job.fail(failure)
+            return
+        complete(job, result)
+
+
+def _remaining(deadline: float | None) -> float | None:
+    return None if deadline is None else max(0.0, deadline - time.monotonic())

@@ -1,0 +1,42 @@
+"""Stable Diffusion 1.x / 2.x: one CLIP text encoder, cross-attention conditioning only."""
+
+from __future__ import annotations
+
+import torch
+from diffusers import StableDiffusionPipeline
+
+from baton.models.runner import Conditioning, ModelRunner, PromptEmbeddings, PromptInput
+from baton.request import GenerationRequest
+
+
+class StableDiffusionRunner(ModelRunner):
+    family = "sd15"
+    pipeline_class = StableDiffusionPipeline
+    default_guidance_scale = 7.5
+    # StableDiffusionPipeline.__init__ rewrites these two in any scheduler's config (with a deprecation notice).
+    scheduler_config_fixes = {"steps_offset": 1, "clip_sample": False}
+
+    def encode_prompts(self, inputs: list[PromptInput]) -> list[PromptEmbeddings]:
+        with_negative = any(item.needs_negative for item in inputs)
+        # diffusers encodes a missing negative prompt as "", so one padded batch serves every request.
+        positive, negative = self.pipeline.encode_prompt(
+            [item.prompt for item in inputs],
+            self.device,
+            num_images_per_prompt=1,
+            do_classifier_free_guidance=with_negative,
+            negative_prompt=[item.negative_prompt or "" for item in inputs] if with_negative else None,
+        )
+        results = []
+        for i, item in enumerate(inputs):
+            tensors = {"prompt": positive[i : i + 1]}  # [1, 77, D]
+            if item.needs_negative:
+                tensors["negative"] = negative[i : i + 1]
+            results.append(PromptEmbeddings(tensors))
+        return results
+
+    def conditioning(self, embeddings: PromptEmbeddings, request: GenerationRequest) -> Conditioning:
+        n = request.num_images
+        rows = [embeddings.tensors["prompt"].expand(n, -1, -1)]
+        if self.uses_guidance(request.guidance_scale):
+            rows.insert(0, embeddings.tensors["negative"].expand(n, -1, -1))
+        return Conditioning(hidden_states=torch.cat(rows))

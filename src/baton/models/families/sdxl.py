@@ -1,0 +1,85 @@
+"""Stable Diffusion XL: two CLIP text encoders, plus pooled-text and size ("text_time") conditioning."""
+
+from __future__ import annotations
+
+import torch
+from diffusers import StableDiffusionXLPipeline
+
+from baton.models.runner import Conditioning, ModelRunner, PromptEmbeddings, PromptInput
+from baton.request import GenerationRequest
+
+
+class StableDiffusionXLRunner(ModelRunner):
+    family = "sdxl"
+    pipeline_class = StableDiffusionXLPipeline
+    default_guidance_scale = 5.0
+    upcast_vae_in_float16 = True
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        encoder = self.pipeline.text_encoder_2
+        if encoder is not None and isinstance(getattr(encoder, "text_projection", None), torch.nn.Linear):
+            _make_batch_invariant(encoder.text_projection)
+
+    def encode_prompts(self, inputs: list[PromptInput]) -> list[PromptEmbeddings]:
+        with_negative = any(item.needs_negative for item in inputs)
+        positive, negative, pooled, negative_pooled = self.pipeline.encode_prompt(
+            prompt=[item.prompt for item in inputs],
+            device=self.device,
+            num_images_per_prompt=1,
+            do_classifier_free_guidance=with_negative,
+            negative_prompt=[item.negative_prompt or "" for item in inputs] if with_negative else None,
+        )
+        # SDXL uses zeros, not the encoding of "", for a missing negative prompt (force_zeros_for_empty_prompt).
+        # A batch mixes both kinds, so the zeros are put in per request, as diffusers would for each alone.
+        zero_missing = bool(self.pipeline.config.get("force_zeros_for_empty_prompt", False))
+        results = []
+        for i, item in enumerate(inputs):
+            tensors = {"prompt": positive[i : i + 1], "pooled": pooled[i : i + 1]}  # [1, 77, D], [1, P]
+            if item.needs_negative:
+                if item.negative_prompt is None and zero_missing:
+                    tensors["negative"] = torch.zeros_like(tensors["prompt"])
+                    tensors["negative_pooled"] = torch.zeros_like(tensors["pooled"])
+                else:
+                    tensors["negative"] = negative[i : i + 1]
+                    tensors["negative_pooled"] = negative_pooled[i : i + 1]
+            results.append(PromptEmbeddings(tensors))
+        return results
+
+    def conditioning(self, embeddings: PromptEmbeddings, request: GenerationRequest) -> Conditioning:
+        n = request.num_images
+        t = embeddings.tensors
+        # The micro-conditioning diffusers uses by default: original size = target size, no crop.
+        time_ids = torch.tensor(
+            [[request.height, request.width, 0, 0, request.height, request.width]],
+            dtype=t["prompt"].dtype,
+            device=t["prompt"].device,
+        )
+        hidden = [t["prompt"].expand(n, -1, -1)]
+        pooled = [t["pooled"].expand(n, -1)]
+        if self.uses_guidance(request.guidance_scale):
+            hidden.insert(0, t["negative"].expand(n, -1, -1))
+            pooled.insert(0, t["negative_pooled"].expand(n, -1))
+        rows = len(hidden) * n
+        return Conditioning(
+            hidden_states=torch.cat(hidden),
+            added={"text_embeds": torch.cat(pooled), "time_ids": time_ids.expand(rows, -1).contiguous()},
+        )
+
+
+def _make_batch_invariant(linear: torch.nn.Linear) -> None:
+    """Run ``linear`` one row at a time, so a prompt's pooled embedding does not depend on its batch.
+
+    A CPU GEMM with one row sums in another order than with several, and the pooled text embedding feeds SDXL's
+    time embedding at every step, where a 1e-7 change grows to 1e-4 in the image. The projection is a few
+    1280×1280 vector products per batch, so doing them row by row costs nothing measurable; the encoder's other
+    matrices see 77 rows per prompt and are already batch-invariant. Only this instance's forward changes:
+    parameters and state-dict keys stay as they are.
+    """
+
+    def forward(rows: torch.Tensor) -> torch.Tensor:  # [B, D] -> [B, P]
+        if rows.dim() != 2 or rows.shape[0] == 1:
+            return torch.nn.functional.linear(rows, linear.weight, linear.bias)
+        return torch.cat([torch.nn.functional.linear(row, linear.weight, linear.bias) for row in rows.split(1)])
+
+    linear.forward = forward

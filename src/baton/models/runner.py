@@ -1,0 +1,204 @@
+"""The interface every model family implements, so the engine never branches on the family.
+
+A runner wraps one loaded diffusers pipeline and offers the pieces the stages call: encode prompts (a batch),
+build one request's denoiser conditioning, predict noise for a batch of rows, and decode latents to pixels.
+It also runs the whole plain pipeline for the stacked baseline.
+
+Row layout: a request with ``n`` images and classifier-free guidance contributes ``2n`` denoiser rows,
+``[uncond × n, cond × n]``, exactly as the diffusers pipelines order them; without guidance, ``n`` rows.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+from diffusers import DiffusionPipeline
+from diffusers.utils.torch_utils import randn_tensor
+
+from baton.models.schedulers import SchedulerFactory
+from baton.request import GenerationRequest
+
+
+@dataclass(slots=True)
+class PromptEmbeddings:
+    """Text conditioning of one prompt: one row per tensor, not yet repeated per image."""
+
+    tensors: dict[str, torch.Tensor]  # family-specific names, each [1, ...]; e.g. "prompt": [1, 77, D]
+
+
+@dataclass(slots=True)
+class Conditioning:
+    """Denoiser inputs besides latents and timesteps, one row per denoiser sample."""
+
+    hidden_states: torch.Tensor  # [rows, seq, D]
+    added: dict[str, torch.Tensor] = field(default_factory=dict)  # each [rows, ...]; SDXL: text_embeds, time_ids
+
+    @property
+    def rows(self) -> int:
+        return self.hidden_states.shape[0]
+
+    @staticmethod
+    def concat(parts: list[Conditioning]) -> Conditioning:
+        if len(parts) == 1:
+            return parts[0]
+        return Conditioning(
+            hidden_states=torch.cat([p.hidden_states for p in parts]),
+            added={key: torch.cat([p.added[key] for p in parts]) for key in parts[0].added},
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class PromptInput:
+    """What the text encoder needs of one request."""
+
+    prompt: str
+    negative_prompt: str | None
+    needs_negative: bool
+
+
+class ModelRunner(ABC):
+    """One loaded model of one family. Subclasses fill in the family-specific pieces."""
+
+    family: ClassVar[str]
+    pipeline_class: ClassVar[type[DiffusionPipeline]]
+    default_guidance_scale: ClassVar[float]
+    scheduler_config_fixes: ClassVar[dict[str, object]] = {}
+    """Scheduler config values this family's diffusers pipeline forces on any scheduler given to it."""
+    upcast_vae_in_float16: ClassVar[bool] = False
+    """Decode in float32 when the model runs in float16 and its VAE config says ``force_upcast`` (SDXL's VAE
+    overflows in float16). diffusers casts the VAE up and back on every call; a serving engine keeps a copy."""
+
+    def __init__(self, name: str, pipeline: DiffusionPipeline, device: torch.device, dtype: torch.dtype) -> None:
+        self.name = name
+        self.pipeline = pipeline
+        self.device = device
+        self.dtype = dtype
+        self.schedulers = SchedulerFactory(pipeline.scheduler, self.scheduler_config_fixes)
+        self._stacked_pipelines: dict[str, DiffusionPipeline] = {}
+        pipeline.set_progress_bar_config(disable=True)
+        vae = pipeline.vae
+        if self.upcast_vae_in_float16 and vae.dtype == torch.float16 and getattr(vae.config, "force_upcast", False):
+            vae = copy.deepcopy(vae).to(torch.float32)
+        self.vae = vae
+
+    # -- shapes ---------------------------------------------------------------------------------------------------
+    @property
+    def vae_scale_factor(self) -> int:
+        return 2 ** (len(self.pipeline.vae.config.block_out_channels) - 1)
+
+    @property
+    def latent_channels(self) -> int:
+        return self.pipeline.unet.config.in_channels
+
+    @property
+    def default_size(self) -> int:
+        """The model's native resolution (what diffusers uses when no size is given)."""
+        sample_size = self.pipeline.unet.config.sample_size
+        return (sample_size[0] if isinstance(sample_size, (list, tuple)) else sample_size) * self.vae_scale_factor
+
+    def uses_guidance(self, guidance_scale: float) -> bool:
+        """Classifier-free guidance runs, as in diffusers, only for a scale above 1."""
+        return guidance_scale > 1.0
+
+    # -- family-specific ------------------------------------------------------------------------------------------
+    @abstractmethod
+    def encode_prompts(self, inputs: list[PromptInput]) -> list[PromptEmbeddings]:
+        """Encode a batch of prompts (and, where needed, negatives) in one pass; one result per input."""
+
+    @abstractmethod
+    def conditioning(self, embeddings: PromptEmbeddings, request: GenerationRequest) -> Conditioning:
+        """The denoiser rows of one request (see the module docstring for their order)."""
+
+    # -- shared ---------------------------------------------------------------------------------------------------
+    def initial_latents(self, request: GenerationRequest, generator: torch.Generator, init_noise_sigma: Any):
+        """The request's starting noise, drawn exactly as the diffusers pipeline draws it from the same seed."""
+        shape = (
+            request.num_images,
+            self.latent_channels,
+            request.height // self.vae_scale_factor,
+            request.width // self.vae_scale_factor,
+        )
+        latents = randn_tensor(shape, generator=generator, device=self.device, dtype=self.dtype)
+        return latents * init_noise_sigma  # [n, C, H/8, W/8]
+
+    def predict_noise(
+        self,
+        latents: torch.Tensor,  # [rows, C, h, w], already scaled by each request's scheduler
+        timesteps: torch.Tensor,  # [rows]
+        conditioning: Conditioning,
+    ) -> torch.Tensor:  # [rows, C, h, w]
+        return self.pipeline.unet(
+            latents,
+            timesteps,
+            encoder_hidden_states=conditioning.hidden_states,
+            added_cond_kwargs=conditioning.added or None,
+            return_dict=False,
+        )[0]
+
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        """Latents [B, C, h, w] → pixels [B, 3, H, W] in [0, 1], on the device."""
+        vae = self.vae
+        latents = latents.to(vae.dtype)
+        config = vae.config
+        if getattr(config, "latents_mean", None) is not None and getattr(config, "latents_std", None) is not None:
+            mean = torch.tensor(config.latents_mean).view(1, -1, 1, 1).to(latents.device, latents.dtype)
+            std = torch.tensor(config.latents_std).view(1, -1, 1, 1).to(latents.device, latents.dtype)
+            latents = latents * std / config.scaling_factor + mean
+        else:
+            latents = latents / config.scaling_factor
+        image = vae.decode(latents, return_dict=False)[0]
+        return (image / 2 + 0.5).clamp(0, 1)
+
+    def run_pipeline(self, request: GenerationRequest, generator: torch.Generator) -> torch.Tensor:
+        """The plain diffusers pipeline call for one request (the stacked baseline): pixels [n, 3, H, W] in [0, 1]."""
+        pipe = self._stacked_pipelines.get(request.scheduler)
+        if pipe is None:
+            pipe = self.pipeline_with_scheduler(request.scheduler)
+            self._stacked_pipelines[request.scheduler] = pipe
+        return pipe(
+            prompt=request.prompt,
+            negative_prompt=request.negative_prompt,
+            num_images_per_prompt=request.num_images,
+            width=request.width,
+            height=request.height,
+            num_inference_steps=request.steps,
+            guidance_scale=request.guidance_scale,
+            generator=generator,
+            output_type="pt",
+        ).images
+
+    def pipeline_with_scheduler(self, scheduler: str) -> DiffusionPipeline:
+        """A plain diffusers pipeline sharing this runner's modules, with its own ``scheduler`` copy."""
+        # from_pipe casts every module to its `dtype` (float32 when not given), and these modules are
+        # shared with the staged path: pass ours so the cast is a no-op, and mute its warning about casting.
+        modeling_logger = logging.getLogger("diffusers.models.modeling_utils")
+        level = modeling_logger.level
+        modeling_logger.setLevel(logging.ERROR)
+        try:
+            pipe = self.pipeline_class.from_pipe(
+                self.pipeline, scheduler=self.schedulers.new(scheduler), dtype=self.dtype
+            )
+        finally:
+            modeling_logger.setLevel(level)
+        pipe.set_progress_bar_config(disable=True)
+        return pipe
+
+    def describe(self) -> dict[str, Any]:
+        parameters = {
+            name: sum(p.numel() for p in module.parameters())
+            for name, module in self.pipeline.components.items()
+            if isinstance(module, torch.nn.Module)
+        }
+        return {
+            "name": self.name,
+            "family": self.family,
+            "device": str(self.device),
+            "dtype": str(self.dtype).removeprefix("torch."),
+            "default_size": self.default_size,
+            "parameters": parameters,
+        }

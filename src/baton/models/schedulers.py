@@ -1,0 +1,64 @@
+"""Sampler names users can ask for, and per-request scheduler copies.
+
+diffusers schedulers keep state (``step_index``, multistep histories) and are not thread-safe, so every request
+gets its own copy, made from one template per (model, sampler) built at first use.
+"""
+
+from __future__ import annotations
+
+import copy
+import threading
+
+from diffusers import (
+    DDIMScheduler,
+    DPMSolverMultistepScheduler,
+    EulerAncestralDiscreteScheduler,
+    EulerDiscreteScheduler,
+    HeunDiscreteScheduler,
+    PNDMScheduler,
+    UniPCMultistepScheduler,
+)
+from diffusers.schedulers.scheduling_utils import SchedulerMixin
+
+SCHEDULER_CLASSES: dict[str, type[SchedulerMixin] | None] = {
+    "default": None,  # the model's own scheduler, as its folder configures it
+    "euler": EulerDiscreteScheduler,
+    "euler_a": EulerAncestralDiscreteScheduler,
+    "ddim": DDIMScheduler,
+    "dpmpp_2m": DPMSolverMultistepScheduler,
+    "unipc": UniPCMultistepScheduler,
+    "pndm": PNDMScheduler,
+    "heun": HeunDiscreteScheduler,
+}
+SCHEDULER_NAMES: tuple[str, ...] = tuple(SCHEDULER_CLASSES)
+
+
+class SchedulerFactory:
+    """Makes fresh scheduler copies for one model, configured from that model's own scheduler config."""
+
+    def __init__(self, base: SchedulerMixin, config_fixes: dict[str, object] | None = None) -> None:
+        """``config_fixes``: config values the model's pipeline forces on any scheduler it is given (SD1.x's
+        pipeline turns off DDIM's ``clip_sample``), so a sampler made here behaves as it would in the pipeline."""
+        self._base = base
+        self._fixes = config_fixes or {}
+        self._templates: dict[str, SchedulerMixin] = {}
+        self._lock = threading.Lock()
+
+    def template(self, name: str) -> SchedulerMixin:
+        """The shared, never-stepped template for ``name``. Do not step it: use :meth:`new`."""
+        with self._lock:
+            if name not in self._templates:
+                cls = SCHEDULER_CLASSES[name]
+                if cls is None:
+                    self._templates[name] = copy.deepcopy(self._base)
+                else:
+                    template = cls.from_config(self._base.config)
+                    fixes = {key: value for key, value in self._fixes.items() if key in template.config}
+                    if fixes:
+                        template = cls.from_config(template.config, **fixes)
+                    self._templates[name] = template
+            return self._templates[name]
+
+    def new(self, name: str) -> SchedulerMixin:
+        """A private copy for one request."""
+        return copy.deepcopy(self.template(name))

@@ -1,0 +1,129 @@
+"""What a caller asks for and what it gets back, and the one place where requests are checked.
+
+Every check runs before any model work and raises :class:`~baton.errors.InvalidRequestError` naming the field,
+the value and what is allowed.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Literal
+
+from baton.config import RequestLimits
+from baton.errors import InvalidRequestError
+
+if TYPE_CHECKING:
+    import numpy as np
+    from PIL import Image
+
+OutputFormat = Literal["png", "jpeg", "webp", "np"]
+OUTPUT_FORMATS: tuple[str, ...] = ("png", "jpeg", "webp", "np")
+MAX_SEED = 2**63 - 1
+
+
+@dataclass(slots=True)
+class GenerationRequest:
+    """One text-to-image request.
+
+    ``None`` fields take the model's default (its native resolution and its pipeline's guidance scale).
+    """
+
+    prompt: str
+    negative_prompt: str | None = None
+    num_images: int = 1
+    width: int | None = None
+    height: int | None = None
+    steps: int = 30
+    guidance_scale: float | None = None
+    seed: int | None = None
+    """Seed of the request's own CPU generator; ``None`` draws one, reported in the result."""
+    scheduler: str = "default"
+    """Sampler name (``baton.models.SCHEDULER_NAMES``); ``default`` keeps the model's own."""
+    output_format: OutputFormat = "png"
+    """``png``/``jpeg``/``webp`` give encoded bytes as well as PIL images; ``np`` gives float pixels in [0, 1]."""
+    model: str | None = None
+    """Which loaded model serves the request; ``None`` is the engine's first model."""
+
+
+@dataclass(slots=True)
+class StageTiming:
+    """How one request fared in one stage."""
+
+    queue_wait_s: float
+    """From entering the stage's queue to the start of the batch that ran it."""
+    run_s: float
+    """Run time of that batch (device time on CUDA, wall time on CPU)."""
+    batch_images: int
+    """Images in that batch, this request's included."""
+
+
+@dataclass(slots=True)
+class GenerationResult:
+    """The images of one request and how the engine spent its time on it."""
+
+    request_id: str
+    seed: int
+    images: list[Image.Image]
+    encoded: list[bytes] | None = None
+    """The images as ``output_format`` bytes, for png/jpeg/webp."""
+    pixels: np.ndarray | None = None  # [n, H, W, 3] float32 in [0, 1], for output_format "np"
+    timings: dict[str, StageTiming] = field(default_factory=dict)
+    latency_s: float = 0.0
+    """From submission to the result being ready."""
+
+
+def validate_request(
+    request: GenerationRequest,
+    limits: RequestLimits,
+    models: tuple[str, ...],
+    schedulers: tuple[str, ...],
+) -> None:
+    """Refuse a request that cannot be served, naming the field, the value and what is allowed.
+
+    ``width``/``height``/``guidance_scale`` must already be resolved to the model's defaults when ``None``.
+    """
+    # 1. routing: the model decides every default, so an unknown one is the first thing to report
+    _check(request.model in models, "model", request.model, f"must be one of the loaded models {list(models)}")
+    # 2. text
+    _check(isinstance(request.prompt, str) and request.prompt.strip() != "", "prompt", request.prompt,
+           "must be a non-empty string")
+    _check(request.negative_prompt is None or isinstance(request.negative_prompt, str), "negative_prompt",
+           request.negative_prompt, "must be a string or None")
+    # 3. sizes
+    _check(_is_int(request.num_images) and 1 <= request.num_images <= limits.max_images, "num_images",
+           request.num_images, f"must be an integer between 1 and {limits.max_images}")
+    for name in ("width", "height"):
+        value = getattr(request, name)
+        _check(
+            _is_int(value) and limits.min_size <= value <= limits.max_size and value % limits.size_multiple == 0,
+            name,
+            value,
+            f"must be a multiple of {limits.size_multiple} between {limits.min_size} and {limits.max_size}",
+        )
+    # 4. sampling
+    _check(_is_int(request.steps) and 1 <= request.steps <= limits.max_steps, "steps", request.steps,
+           f"must be an integer between 1 and {limits.max_steps}")
+    guidance = request.guidance_scale
+    _check(
+        isinstance(guidance, (int, float)) and not isinstance(guidance, bool) and math.isfinite(guidance)
+        and guidance >= 0,
+        "guidance_scale",
+        guidance,
+        "must be a finite number >= 0",
+    )
+    _check(request.seed is None or (_is_int(request.seed) and 0 <= request.seed <= MAX_SEED), "seed",
+           request.seed, f"must be None or an integer between 0 and {MAX_SEED}")
+    _check(request.scheduler in schedulers, "scheduler", request.scheduler, f"must be one of {list(schedulers)}")
+    # 5. output
+    _check(request.output_format in OUTPUT_FORMATS, "output_format", request.output_format,
+           f"must be one of {list(OUTPUT_FORMATS)}")
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _check(ok: bool, name: str, value: object, allowed: str) -> None:
+    if not ok:
+        raise InvalidRequestError(name, value, allowed)

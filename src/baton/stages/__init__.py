@@ -1,0 +1,19 @@
+"""The pipeline stages: text encode → denoise → VAE decode → image encode, each a worker over a queue."""
+
+from baton.stages.base import SENTINEL, Stage
+from baton.stages.decode import VaeDecodeStage
+from baton.stages.denoise import DenoiseStage
+from baton.stages.encode import TextEncodeStage
+from baton.stages.image_encode import ImageEncodeStage
+from baton.stages.job import Job, ProgressCallback
+
+__all__ = [
+    "SENTINEL",
+    "DenoiseStage",
+    "ImageEncodeStage",
+    "Job",
+    "ProgressCallback",
+    "Stage",
+    "TextEncodeStage",
+    "VaeDecodeStage",
+]

@@ -1,0 +1,176 @@
+"""The worker loop every stage shares: queue in, form a batch, run it, hand each request on, stop on a sentinel.
+
+A stage owns one thread, one bounded input queue and (on CUDA) one stream. The batching decision is delegated to
+:func:`baton.scheduling.plan_batch`; this module is the mechanism around it.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Hashable
+
+import torch
+
+from baton.config import StageConfig
+from baton.device import StageStream
+from baton.errors import EngineClosedError, StageError
+from baton.scheduling import Waiting, plan_batch
+from baton.stages.job import Job
+
+logger = logging.getLogger(__name__)
+
+SENTINEL = None
+"""Put on a stage's queue after the last request: the stage finishes what it holds, passes it on, and exits."""
+
+_IDLE_POLL_S = 0.5  # how often an idle worker wakes to notice an abort
+
+
+class Stage(ABC):
+    """A pipeline stage: subclasses say how requests batch (:meth:`batch_key`) and what a batch does
+    (:meth:`run_batch`), and call :meth:`hand_on` for each request they are done with."""
+
+    name: str
+
+    def __init__(
+        self,
+        config: StageConfig,
+        device: torch.device,
+        queue_size: int,
+        abort: threading.Event,
+        on_death: Callable[[str, BaseException], None],
+    ) -> None:
+        self.config = config
+        self.inbox: queue.Queue[Job | None] = queue.Queue(maxsize=queue_size)
+        self.stream = StageStream(device)
+        self.next_stage: Stage | None = None
+        self._abort = abort
+        self._on_death = on_death
+        self._waiting: list[Waiting[Job]] = []
+        self._draining = False
+        self._handed_on: set[int] = set()
+        self._lookahead = 4 * config.max_batch_images  # how far down the queue to look for compatible requests
+        self._thread = threading.Thread(target=self._work, name=f"baton-{self.name}", daemon=True)
+
+    # -- what subclasses define -----------------------------------------------------------------------------------
+    def batch_key(self, job: Job) -> Hashable:
+        """Requests with equal keys may run in one batch."""
+        return job.runner.name
+
+    def batch_size(self, job: Job) -> int:
+        """What a request counts towards ``max_batch_images``."""
+        return job.request.num_images
+
+    @abstractmethod
+    def run_batch(self, jobs: list[Job]) -> None:
+        """Do this stage's work for ``jobs`` (runs on the stage's thread and stream, under inference mode)."""
+
+    # -- the plumbing ---------------------------------------------------------------------------------------------
+    def start(self) -> None:
+        self._thread.start()
+
+    def join(self, timeout: float | None = None) -> bool:
+        self._thread.join(timeout)
+        return not self._thread.is_alive()
+
+    @property
+    def alive(self) -> bool:
+        return self._thread.is_alive()
+
+    def put(self, job: Job | None) -> None:
+        """Enqueue a request (or the sentinel), waiting while the queue is full (backpressure)."""
+        if job is not None:
+            job.enter(self.name, time.perf_counter())
+        while True:
+            try:
+                self.inbox.put(job, timeout=_IDLE_POLL_S)
+                return
+            except queue.Full:
+                if not self._thread.is_alive():
+                    raise EngineClosedError(f"stage `{self.name}` is not running") from None
+
+    def hand_on(self, job: Job) -> None:
+        """This stage is done with ``job``: close its record and pass it to the next stage."""
+        record = job.records[self.name]
+        record.finished = self.stream.mark()
+        job.ready = self.stream.record()
+        self._handed_on.add(id(job))
+        if self.next_stage is not None:
+            self.next_stage.put(job)
+
+    def _work(self) -> None:
+        try:
+            with torch.inference_mode():
+                while (batch := self._next_batch()) is not None:
+                    self._execute(batch)
+            if self.next_stage is not None:
+                self.next_stage.put(SENTINEL)
+        except BaseException as exc:  # a bug in the mechanism itself: the engine cannot go on
+            logger.exception("stage %s died", self.name)
+            self._on_death(self.name, exc)
+
+    def _execute(self, batch: list[Job]) -> None:
+        live = []
+        for job in batch:
+            if job.done:
+                continue  # cancelled by its caller while it waited
+            if self._abort.is_set():
+                job.fail(EngineClosedError("the engine was closed before this request finished"))
+                continue
+            live.append(job)
+        if not live:
+            return
+        images = sum(job.request.num_images for job in live)
+        with self.stream.active():
+            started = self.stream.mark()
+            for job in live:
+                job.records[self.name].started = started
+                job.records[self.name].batch_images = images
+            self._handed_on.clear()
+            try:
+                self.run_batch(live)
+            except Exception as exc:
+                logger.exception("stage %s failed a batch of %d request(s)", self.name, len(live))
+                for job in live:
+                    if id(job) not in self._handed_on:  # those handed on already are in the next stage's hands
+                        failure = StageError(self.name, exc)
+                        failure.__cause__ = exc
+                        job.fail(failure)
+
+    def _next_batch(self) -> list[Job] | None:
+        """Block until a batch is due; ``None`` once the sentinel came and nothing is left."""
+        while True:
+            self._pull(block=not self._waiting and not self._draining)
+            if self._draining and not self._waiting:
+                return None
+            lookahead_full = len(self._waiting) >= self._lookahead  # waiting longer cannot widen the choice
+            decision = plan_batch(
+                self._waiting,
+                now=time.perf_counter(),
+                max_size=self.config.max_batch_images,
+                max_wait_s=self.config.max_wait_s,
+                flush=self._draining or lookahead_full or self._abort.is_set(),
+            )
+            if decision.batch:
+                chosen = {id(w) for w in decision.batch}
+                self._waiting = [w for w in self._waiting if id(w) not in chosen]
+                return [w.item for w in decision.batch]
+            self._pull(block=True, timeout=decision.wait_s if decision.wait_s is not None else _IDLE_POLL_S)
+
+    def _pull(self, block: bool, timeout: float | None = _IDLE_POLL_S) -> None:
+        """Move queued requests into the waiting list: wait for the first if ``block``, then take what is there."""
+        try:
+            while len(self._waiting) < self._lookahead and not self._draining:
+                job = self.inbox.get(block=block, timeout=timeout if block else None)
+                block = False
+                if job is SENTINEL:
+                    self._draining = True
+                else:
+                    self._waiting.append(
+                        Waiting(job, self.batch_key(job), self.batch_size(job), job.records[self.name].enqueued)
+                    )
+        except queue.Empty:
+            pass

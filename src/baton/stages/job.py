@@ -1,0 +1,92 @@
+"""The in-flight state of one request as it travels through the stages."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from concurrent.futures import Future, InvalidStateError
+from dataclasses import dataclass, field
+
+import torch
+
+from baton.device import Mark, elapsed_s
+from baton.models.runner import ModelRunner, PromptEmbeddings
+from baton.request import GenerationRequest, GenerationResult, StageTiming
+
+logger = logging.getLogger(__name__)
+
+ProgressCallback = Callable[[int, int], None]
+"""Called from the denoising worker as ``callback(steps_done, steps_total)``; it must be quick."""
+
+
+@dataclass(slots=True)
+class StageRecord:
+    """When a request entered, started and left one stage."""
+
+    enqueued: float
+    started: Mark | None = None
+    finished: Mark | None = None
+    batch_images: int = 0
+
+    def timing(self) -> StageTiming:
+        if self.started is None or self.finished is None:
+            return StageTiming(0.0, 0.0, self.batch_images)
+        return StageTiming(
+            queue_wait_s=max(0.0, self.started.wall - self.enqueued),
+            run_s=elapsed_s(self.started, self.finished),
+            batch_images=self.batch_images,
+        )
+
+
+@dataclass(slots=True, eq=False)
+class Job:
+    """One admitted request: its inputs, its future, and what each stage has produced for it so far."""
+
+    request: GenerationRequest  # defaults resolved and validated
+    runner: ModelRunner
+    future: Future
+    request_id: str
+    seed: int
+    submitted_at: float
+    progress: ProgressCallback | None = None
+    records: dict[str, StageRecord] = field(default_factory=dict)
+    # Stage outputs. `ready` is the producing stage's CUDA event for the tensors (None on a CPU).
+    embeddings: PromptEmbeddings | None = None
+    latents: torch.Tensor | None = None  # [n, C, H/8, W/8], after denoising
+    pixels: torch.Tensor | None = None  # [n, H, W, 3] on the host: uint8, or float32 in [0, 1] for "np"
+    ready: torch.cuda.Event | None = None
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    @property
+    def done(self) -> bool:
+        """Finished, failed or cancelled by the caller: no stage should spend more work on it."""
+        return self.future.done()
+
+    def enter(self, stage: str, now: float) -> None:
+        self.records[stage] = StageRecord(enqueued=now)
+
+    def report_progress(self, steps_done: int, steps_total: int) -> None:
+        if self.progress is None:
+            return
+        try:
+            self.progress(steps_done, steps_total)
+        except Exception:  # a caller's callback must never break the batch it rides in
+            logger.exception("progress callback of request %s raised; ignoring it", self.request_id)
+            self.progress = None
+
+    def finish(self, result: GenerationResult) -> None:
+        self._settle(lambda: self.future.set_result(result))
+
+    def fail(self, error: BaseException) -> None:
+        self._settle(lambda: self.future.set_exception(error))
+
+    def _settle(self, settle: Callable[[], None]) -> None:
+        with self._lock:
+            if not self.future.done():
+                try:
+                    settle()
+                except InvalidStateError:  # the caller cancelled it in between; nothing is owed
+                    pass
+        # Free device memory now, not when the caller drops the result.
+        self.embeddings = self.latents = self.pixels = self.ready = None
