@@ -26,10 +26,14 @@ from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProject
 
 from baton.models.tokenizers import BOS_TOKEN, EOS_TOKEN, byte_level_clip_tokenizer, byte_level_vocab
 
-# Schedulers as the published model folders configure them.
+# Schedulers as the published model folders configure them. Every value is spelled out: diffusers treats an
+# unset value as "use the default of whatever scheduler class this config is converted to", and a config that
+# went through save_pretrained has them all set, so explicit values keep a built-in model and its saved copy
+# sampling alike.
 SD15_SCHEDULER = dict(
     beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", num_train_timesteps=1000,
-    skip_prk_steps=True, steps_offset=1, set_alpha_to_one=False,
+    skip_prk_steps=True, steps_offset=1, set_alpha_to_one=False, timestep_spacing="leading",
+    prediction_type="epsilon",
 )
 SDXL_SCHEDULER = dict(
     beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", num_train_timesteps=1000,

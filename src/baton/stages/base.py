@@ -144,8 +144,8 @@ class Stage(ABC):
         """Block until a batch is due; ``None`` once the sentinel came and nothing is left."""
         while True:
             self._pull(block=not self._waiting and not self._draining)
-            if self._draining and not self._waiting:
-                return None
+            if (self._draining or self._abort.is_set()) and not self._waiting:
+                return None  # after an abort, an idle stage stops at once: nothing it could receive will run
             lookahead_full = len(self._waiting) >= self._lookahead  # waiting longer cannot widen the choice
             decision = plan_batch(
                 self._waiting,

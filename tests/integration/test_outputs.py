@@ -1,0 +1,34 @@
+"""What a result carries: images in the asked format, and per-stage timings."""
+
+import io
+
+import pytest
+from PIL import Image
+
+
+@pytest.mark.parametrize(("output_format", "pil_format"), [("png", "PNG"), ("jpeg", "JPEG"), ("webp", "WEBP")])
+def test_encoded_images_decode_back_to_the_right_size(sd15_engine, output_format, pil_format):
+    result = sd15_engine.generate(prompt="a fox", width=96, height=64, steps=2, num_images=2, seed=3,
+                                  output_format=output_format)
+    assert len(result.encoded) == 2 and result.pixels is None
+    for data, image in zip(result.encoded, result.images):
+        decoded = Image.open(io.BytesIO(data))
+        assert decoded.format == pil_format and decoded.size == (96, 64) == image.size
+    if output_format == "png":  # lossless: the bytes hold exactly the PIL image
+        assert list(Image.open(io.BytesIO(result.encoded[0])).getdata()) == list(result.images[0].getdata())
+
+
+def test_results_carry_the_seed_and_every_stage_timing(sd15_engine):
+    result = sd15_engine.generate(prompt="a fox", width=64, height=64, steps=2)
+    assert 0 <= result.seed < 2**31
+    assert list(result.timings) == ["text_encode", "denoise", "vae_decode", "image_encode"]
+    for timing in result.timings.values():
+        assert timing.queue_wait_s >= 0 and timing.run_s > 0 and timing.batch_images >= 1
+    assert result.latency_s >= sum(t.run_s for t in result.timings.values()) * 0.5
+
+
+def test_the_same_seed_gives_the_same_image_and_another_seed_does_not(sd15_engine):
+    a = sd15_engine.generate(prompt="a fox", width=64, height=64, steps=2, seed=5, output_format="np").pixels
+    b = sd15_engine.generate(prompt="a fox", width=64, height=64, steps=2, seed=5, output_format="np").pixels
+    c = sd15_engine.generate(prompt="a fox", width=64, height=64, steps=2, seed=6, output_format="np").pixels
+    assert (a == b).all() and not (a == c).all()
