@@ -46,7 +46,8 @@ def assert_matches_reference(engine: Engine, result, request: GenerationRequest)
 def batching_engine(models: str | tuple[str, ...] = "tiny-sd15", **overrides) -> Engine:
     """An engine whose stages wait long enough for concurrent submissions to share batches."""
     waiting = StageConfig(max_batch_images=16, max_wait_s=0.3)
-    return Engine(models=models, device="cpu", encode=waiting, denoise=waiting, decode=waiting, **overrides)
+    overrides.setdefault("device", "cpu")
+    return Engine(models=models, encode=waiting, denoise=waiting, decode=waiting, **overrides)
 
 
 @pytest.fixture(scope="session")
