@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 
+from baton.errors import EngineClosedError
 from baton.models.runner import Conditioning
 from baton.stages.base import Stage
 from baton.stages.job import Job
@@ -59,18 +60,17 @@ class DenoiseStage(Stage):
             if conditioning is None:  # rebuilt only when the batch's membership changes
                 conditioning = Conditioning.concat([state.conditioning for state in active])
             self._step(active, conditioning)
-            still = [state for state in active if not (state.finished or state.job.done or self._aborted)]
+            aborted = self._abort.is_set()
+            still = [state for state in active if not (state.finished or state.job.done or aborted)]
             for state in active:
                 if state.finished and not state.job.done:
                     state.job.latents = state.latents
                     self.hand_on(state.job)
+                elif aborted:  # close(drain=False): stop at this step boundary
+                    state.job.fail(EngineClosedError("the engine was closed before this request finished"))
             if len(still) != len(active):
                 conditioning = None
             active = still
-
-    @property
-    def _aborted(self) -> bool:
-        return self._abort.is_set()
 
     def _start(self, job: Job) -> DenoiseState:
         request = job.request
