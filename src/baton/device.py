@@ -38,6 +38,15 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
     return _DTYPES[name]
 
 
+def set_thread_cpu_threads(count: int) -> None:
+    """Size the calling thread's intra-op pool (OpenMP's thread count is per calling thread).
+
+    ``get_num_threads`` first settles the thread's lazy initialization, which copies the process-wide value that
+    another thread may just have changed; only then is this thread's own count set."""
+    torch.get_num_threads()
+    torch.set_num_threads(count)
+
+
 @dataclass(frozen=True, slots=True)
 class Mark:
     """A point in one stage's timeline: a CUDA timing event on a GPU, ``perf_counter`` on both."""

@@ -12,7 +12,7 @@ from typing import Protocol
 import torch
 
 from baton.config import EngineConfig, StageConfig
-from baton.device import Mark
+from baton.device import Mark, set_thread_cpu_threads
 from baton.errors import EngineClosedError, StageError
 from baton.stages import SENTINEL, DenoiseStage, ImageEncodeStage, Job, Stage, TextEncodeStage, VaeDecodeStage
 from baton.stages.image_encode import STAGE_NAME as IMAGE_STAGE
@@ -38,7 +38,7 @@ class StagedExecutor:
 
     def __init__(self, config: EngineConfig, device: torch.device, abort: threading.Event, on_death: DeathHandler):
         common = dict(device=device, queue_size=config.stage_queue_size, abort=abort, on_death=on_death)
-        self.image_stage = ImageEncodeStage(StageConfig(), workers=config.image_workers, **common)
+        self.image_stage = ImageEncodeStage(StageConfig(cpu_threads=1), workers=config.image_workers, **common)
         self.stages: list[Stage] = [
             TextEncodeStage(config.encode, **common),
             DenoiseStage(config.denoise, **common),
@@ -75,6 +75,8 @@ class StackedExecutor:
         self._inbox: queue.Queue[Job | None] = queue.Queue(maxsize=config.max_queue + 1)
         self._abort = abort
         self._on_death = on_death
+        self._device = device
+        self._cpu_threads = torch.get_num_threads()  # the whole pipeline on one thread, with every core
         self._thread = threading.Thread(target=self._work, name="baton-stacked", daemon=True)
 
     def start(self) -> None:
@@ -91,6 +93,8 @@ class StackedExecutor:
 
     def _work(self) -> None:
         try:
+            if self._device.type == "cpu":
+                set_thread_cpu_threads(self._cpu_threads)
             while (job := self._inbox.get()) is not SENTINEL:
                 self._run(job)
         except BaseException as exc:

@@ -16,7 +16,7 @@ from collections.abc import Callable, Hashable
 import torch
 
 from baton.config import StageConfig
-from baton.device import StageStream
+from baton.device import StageStream, set_thread_cpu_threads
 from baton.errors import EngineClosedError, StageError
 from baton.scheduling import Waiting, plan_batch
 from baton.stages.job import Job
@@ -46,6 +46,8 @@ class Stage(ABC):
         self.config = config
         self.inbox: queue.Queue[Job | None] = queue.Queue(maxsize=queue_size)
         self.stream = StageStream(device)
+        self._device = device
+        self._cpu_threads = config.cpu_threads if config.cpu_threads is not None else torch.get_num_threads()
         self.next_stage: Stage | None = None
         self._abort = abort
         self._on_death = on_death
@@ -103,6 +105,8 @@ class Stage(ABC):
 
     def _work(self) -> None:
         try:
+            if self._device.type == "cpu":
+                set_thread_cpu_threads(self._cpu_threads)
             with torch.inference_mode():
                 while (batch := self._next_batch()) is not None:
                     self._execute(batch)
