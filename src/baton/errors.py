@@ -51,6 +51,7 @@ class StageError(RequestError):
     def __init__(self, stage: str, cause: BaseException) -> None:
         self.stage = stage
         super().__init__(f"stage `{stage}` failed: {type(cause).__name__}: {cause}")
+        self.__cause__ = cause
 
 
 class EngineClosedError(BatonError):

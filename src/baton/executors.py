@@ -121,9 +121,7 @@ class StackedExecutor:
             encode_record.finished = Mark(time.perf_counter())
         except Exception as exc:
             logger.exception("the diffusers pipeline failed request %s", job.request_id)
-            failure = StageError(self.name, exc)
-            failure.__cause__ = exc
-            job.fail(failure)
+            job.fail(StageError(self.name, exc))
             return
         complete(job, result)
 

@@ -111,7 +111,10 @@ class Stage(ABC):
                 while (batch := self._next_batch()) is not None:
                     self._execute(batch)
             if self.next_stage is not None:
-                self.next_stage.put(SENTINEL)
+                try:
+                    self.next_stage.put(SENTINEL)
+                except EngineClosedError:
+                    pass  # the next stage is gone already (its queue full, its thread ended): nothing to tell it
         except BaseException as exc:  # a bug in the mechanism itself: the engine cannot go on
             logger.exception("stage %s died", self.name)
             self._on_death(self.name, exc)
@@ -140,9 +143,7 @@ class Stage(ABC):
                 logger.exception("stage %s failed a batch of %d request(s)", self.name, len(live))
                 for job in live:
                     if id(job) not in self._handed_on:  # those handed on already are in the next stage's hands
-                        failure = StageError(self.name, exc)
-                        failure.__cause__ = exc
-                        job.fail(failure)
+                        job.fail(StageError(self.name, exc))
 
     def _next_batch(self) -> list[Job] | None:
         """Block until a batch is due; ``None`` once the sentinel came and nothing is left."""

@@ -91,9 +91,7 @@ class ImageEncodeStage(Stage):
             result = build_result(job, job.pixels)
         except Exception as exc:
             logger.exception("encoding the images of request %s failed", job.request_id)
-            failure = StageError(self.name, exc)
-            failure.__cause__ = exc
-            job.fail(failure)
+            job.fail(StageError(self.name, exc))
             return
         record.finished = Mark(time.perf_counter())
         complete(job, result)
