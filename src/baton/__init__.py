@@ -24,7 +24,6 @@ _EXPORTS = {
     "EngineDeadError": "baton.errors",
     "InvalidRequestError": "baton.errors",
     "QueueFullError": "baton.errors",
-    "RequestCancelledError": "baton.errors",
     "RequestError": "baton.errors",
     "StageError": "baton.errors",
 }
@@ -40,7 +39,6 @@ if TYPE_CHECKING:
         EngineDeadError,
         InvalidRequestError,
         QueueFullError,
-        RequestCancelledError,
         RequestError,
         StageError,
     )

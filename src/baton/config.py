@@ -32,7 +32,7 @@ class RequestLimits:
 
     def __post_init__(self) -> None:
         _require(self.size_multiple >= 1, "size_multiple", self.size_multiple, "must be >= 1")
-        _require(self.min_size >= self.size_multiple, "min_size", self.min_size, f"must be >= size_multiple")
+        _require(self.min_size >= self.size_multiple, "min_size", self.min_size, "must be >= size_multiple")
         _require(self.max_size >= self.min_size, "max_size", self.max_size, f"must be >= min_size ({self.min_size})")
         _require(self.max_steps >= 1, "max_steps", self.max_steps, "must be >= 1")
         _require(self.max_images >= 1, "max_images", self.max_images, "must be >= 1")

@@ -38,10 +38,6 @@ class QueueFullError(RequestError):
     """The engine's admission queue is full; the caller should retry later."""
 
 
-class RequestCancelledError(RequestError):
-    """The request was cancelled (by its caller, a timeout or a shutdown) before it finished."""
-
-
 class StageError(RequestError):
     """A pipeline stage raised while running the batch this request was in.
 
