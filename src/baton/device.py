@@ -67,7 +67,6 @@ class StageStream:
     """One stage's CUDA stream, or nothing on a CPU."""
 
     def __init__(self, device: torch.device) -> None:
-        self.device = device
         self.stream = torch.cuda.Stream(device) if device.type == "cuda" else None
 
     @contextlib.contextmanager

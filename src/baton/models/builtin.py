@@ -8,7 +8,6 @@ they draw are noise.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -181,5 +180,3 @@ SPECS: dict[str, BuiltinSpec] = {
         ),
     )
 }
-
-BuildFn = Callable[[torch.device, torch.dtype], DiffusionPipeline]

@@ -78,10 +78,6 @@ class Stage(ABC):
         self._thread.join(timeout)
         return not self._thread.is_alive()
 
-    @property
-    def alive(self) -> bool:
-        return self._thread.is_alive()
-
     def put(self, job: Job | None) -> None:
         """Enqueue a request (or the sentinel), waiting while the queue is full (backpressure)."""
         if job is not None:
