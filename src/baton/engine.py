@@ -194,7 +194,7 @@ class Engine:
         if not stopped:
             logger.warning("workers did not stop within %s s; failing what is left", timeout)
             self._abort.set()
-        self._fail_all(EngineClosedError("the engine was closed before this request finished"))
+        self._fail_all(EngineClosedError())
 
     def __enter__(self) -> Engine:
         return self

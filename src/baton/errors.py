@@ -51,7 +51,11 @@ class StageError(RequestError):
 
 
 class EngineClosedError(BatonError):
-    """The engine is closed (or closing) and accepts no new work."""
+    """The engine is closed (or closing): it accepts no new work, and with ``close(drain=False)`` or a close
+    timeout it fails what it had not finished (the default message)."""
+
+    def __init__(self, message: str = "the engine was closed before this request finished") -> None:
+        super().__init__(message)
 
 
 class EngineDeadError(BatonError):

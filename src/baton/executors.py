@@ -105,7 +105,7 @@ class StackedExecutor:
         if job.done:
             return
         if self._abort.is_set():
-            job.fail(EngineClosedError("the engine was closed before this request finished"))
+            job.fail(EngineClosedError())
             return
         record = job.records[self.name]
         record.started = Mark(time.perf_counter())

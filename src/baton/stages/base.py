@@ -121,7 +121,7 @@ class Stage(ABC):
             if job.done:
                 continue  # cancelled by its caller while it waited
             if self._abort.is_set():
-                job.fail(EngineClosedError("the engine was closed before this request finished"))
+                job.fail(EngineClosedError())
                 continue
             live.append(job)
         if not live:

@@ -67,7 +67,7 @@ class DenoiseStage(Stage):
                     state.job.latents = state.latents
                     self.hand_on(state.job)
                 elif aborted:  # close(drain=False): stop at this step boundary
-                    state.job.fail(EngineClosedError("the engine was closed before this request finished"))
+                    state.job.fail(EngineClosedError())
             if len(still) != len(active):
                 conditioning = None
             active = still
