@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from baton import Engine, GenerationRequest
-from baton.config import StageConfig
+from baton.config import DenoiseConfig, StageConfig
 from baton.models.runner import ModelRunner
 
 TOLERANCE = 1e-5  # max abs difference on pixels in [0, 1] between baton and diffusers for the same seed
@@ -47,7 +47,8 @@ def batching_engine(models: str | tuple[str, ...] = "tiny-sd15", **overrides) ->
     """An engine whose stages wait long enough for concurrent submissions to share batches."""
     waiting = StageConfig(max_batch_images=16, max_wait_s=0.3)
     overrides.setdefault("device", "cpu")
-    return Engine(models=models, encode=waiting, denoise=waiting, decode=waiting, **overrides)
+    overrides.setdefault("denoise", DenoiseConfig(max_rows=32, max_wait_s=0.3))
+    return Engine(models=models, encode=waiting, decode=waiting, **overrides)
 
 
 @pytest.fixture(scope="session")

@@ -14,6 +14,7 @@ __version__ = "0.1.0"
 _EXPORTS = {
     "Engine": "baton.engine",
     "EngineConfig": "baton.config",
+    "DenoiseConfig": "baton.config",
     "RequestLimits": "baton.config",
     "StageConfig": "baton.config",
     "GenerationRequest": "baton.request",
@@ -31,7 +32,7 @@ _EXPORTS = {
 __all__ = [*_EXPORTS, "__version__"]
 
 if TYPE_CHECKING:
-    from baton.config import EngineConfig, RequestLimits, StageConfig
+    from baton.config import DenoiseConfig, EngineConfig, RequestLimits, StageConfig
     from baton.engine import Engine
     from baton.errors import (
         BatonError,

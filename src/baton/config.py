@@ -10,8 +10,10 @@ from typing import Literal
 
 EngineMode = Literal["staged", "stacked"]
 DTypeName = Literal["auto", "float32", "float16", "bfloat16"]
+DenoiseBatching = Literal["step", "request"]
 
 ENGINE_MODES: tuple[str, ...] = ("staged", "stacked")
+DENOISE_BATCHING: tuple[str, ...] = ("step", "request")
 DTYPE_NAMES: tuple[str, ...] = ("auto", "float32", "float16", "bfloat16")
 
 
@@ -29,6 +31,8 @@ class RequestLimits:
     """Largest number of denoising steps."""
     max_images: int = 16
     """Largest number of images per request."""
+    max_priority: int = 100
+    """Priorities must lie between ``-max_priority`` and ``max_priority``."""
 
     def __post_init__(self) -> None:
         _require(self.size_multiple >= 1, "size_multiple", self.size_multiple, "must be >= 1")
@@ -36,6 +40,7 @@ class RequestLimits:
         _require(self.max_size >= self.min_size, "max_size", self.max_size, f"must be >= min_size ({self.min_size})")
         _require(self.max_steps >= 1, "max_steps", self.max_steps, "must be >= 1")
         _require(self.max_images >= 1, "max_images", self.max_images, "must be >= 1")
+        _require(self.max_priority >= 0, "max_priority", self.max_priority, "must be >= 0")
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,12 +70,43 @@ class StageConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class DenoiseConfig:
+    """How the denoiser shares its forwards between requests (see ``baton.scheduling.StepPolicy``)."""
+
+    batching: DenoiseBatching = "step"
+    """``step``: requests join and leave the running batch between denoising steps (continuous batching).
+    ``request``: a batch forms, runs until all its requests are done, and only then does the next one form
+    (requests that finish early still leave at once)."""
+    max_rows: int = 16
+    """Most denoiser rows per forward. An image with classifier-free guidance takes two rows (unconditional and
+    conditional), one without. A single larger request still runs, alone."""
+    max_wait_s: float = 0.0
+    """How long an idle denoiser may hold a partial batch waiting for more requests. With step batching, late
+    requests join the running batch anyway, so 0 (start at once) is right; request batching may want a little."""
+    priority_aging_s: float = 1.0
+    """What one priority level is worth in waiting time: a request of priority ``p`` ranks as if it had arrived
+    ``p * priority_aging_s`` seconds earlier. A lower priority is thus delayed by a bounded time, never starved
+    by a stream of higher-priority requests."""
+    cpu_threads: int | None = None
+    """On a CPU, intra-op threads of the denoiser's worker; ``None`` keeps torch's default (see
+    :attr:`StageConfig.cpu_threads`)."""
+
+    def __post_init__(self) -> None:
+        _require(self.batching in DENOISE_BATCHING, "batching", self.batching, f"must be one of {DENOISE_BATCHING}")
+        _require(self.max_rows >= 1, "max_rows", self.max_rows, "must be >= 1")
+        _require(self.max_wait_s >= 0, "max_wait_s", self.max_wait_s, "must be >= 0")
+        _require(self.priority_aging_s > 0, "priority_aging_s", self.priority_aging_s, "must be > 0")
+        _require(self.cpu_threads is None or self.cpu_threads >= 1, "cpu_threads", self.cpu_threads,
+                 "must be None or >= 1")
+
+
+@dataclass(frozen=True, slots=True)
 class EngineConfig:
     """Everything that shapes an :class:`~baton.Engine`.
 
     Example::
 
-        EngineConfig(models=("tiny-sd15",), device="cpu", denoise=StageConfig(max_batch_images=16))
+        EngineConfig(models=("tiny-sd15",), device="cpu", denoise=DenoiseConfig(max_rows=32))
     """
 
     models: tuple[str, ...] = ("tiny-sd15",)
@@ -88,10 +124,14 @@ class EngineConfig:
     """Capacity of each queue between stages; a full queue makes the stage before it wait (backpressure)."""
     encode: StageConfig = field(default_factory=lambda: StageConfig(max_batch_images=16, cpu_threads=1))
     """Text-encoding stage batching (counted in prompts)."""
-    denoise: StageConfig = field(default_factory=StageConfig)
-    """Denoising stage batching (counted in images)."""
+    denoise: DenoiseConfig = field(default_factory=DenoiseConfig)
+    """Denoiser scheduling: step-level or request-level batching, rows per forward, priorities."""
     decode: StageConfig = field(default_factory=lambda: StageConfig(max_batch_images=4, cpu_threads=1))
     """VAE-decoding stage batching (counted in images)."""
+    batch_invariant: bool | None = None
+    """Run the denoiser's few batch-sensitive layers per request, so an image never depends on what it was
+    batched with (``baton.models.invariance``). ``None``: on for a CPU (free there), off for CUDA (it adds small
+    kernel launches per request and step; fp16 results differ at the rounding level either way)."""
     image_workers: int = 2
     """Threads of the CPU pool that turns pixels into PNG/JPEG/WebP bytes."""
     limits: RequestLimits = field(default_factory=RequestLimits)

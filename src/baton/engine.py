@@ -56,7 +56,10 @@ class Engine:
         # 1. load every model before any worker starts: a bad name fails here, not at the first request
         self.runners: dict[str, ModelRunner] = {}
         for name in self.config.models:
-            self.runners[name] = load_model(name, self.device, self.dtype)
+            runner = load_model(name, self.device, self.dtype)
+            if self.config.batch_invariant is not None:
+                runner.batch_invariant = self.config.batch_invariant
+            self.runners[name] = runner
         self.default_model = self.config.models[0]
 
         # 2. start the workers

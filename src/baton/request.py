@@ -44,6 +44,10 @@ class GenerationRequest:
     """``png``/``jpeg``/``webp`` give encoded bytes as well as PIL images; ``np`` gives float pixels in [0, 1]."""
     model: str | None = None
     """Which loaded model serves the request; ``None`` is the engine's first model."""
+    priority: int = 0
+    """Higher runs sooner: each level counts as ``DenoiseConfig.priority_aging_s`` seconds of waiting when the
+    denoiser admits requests, so low priorities are delayed by a bounded time, never starved. Running requests
+    are not preempted. Other stages and the stacked mode are first come, first served."""
 
 
 @dataclass(slots=True)
@@ -54,8 +58,9 @@ class StageTiming:
     """From entering the stage's queue to the start of the batch that ran it."""
     run_s: float
     """Run time of that batch (device time on CUDA, wall time on CPU)."""
-    batch_images: int
-    """Images in that batch, this request's included."""
+    batch_images: float
+    """Images in that batch, this request's included. For the denoiser, whose batch changes between steps as
+    requests join and leave, the mean over this request's steps."""
 
 
 @dataclass(slots=True)
@@ -115,6 +120,8 @@ def validate_request(
     _check(request.seed is None or (_is_int(request.seed) and 0 <= request.seed <= MAX_SEED), "seed",
            request.seed, f"must be None or an integer between 0 and {MAX_SEED}")
     _check(request.scheduler in schedulers, "scheduler", request.scheduler, f"must be one of {list(schedulers)}")
+    _check(_is_int(request.priority) and abs(request.priority) <= limits.max_priority, "priority",
+           request.priority, f"must be an integer between {-limits.max_priority} and {limits.max_priority}")
     # 5. output
     _check(request.output_format in OUTPUT_FORMATS, "output_format", request.output_format,
            f"must be one of {list(OUTPUT_FORMATS)}")

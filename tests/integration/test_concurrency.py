@@ -7,7 +7,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 from baton import Engine, GenerationRequest
-from baton.config import StageConfig
+from baton.config import DenoiseConfig
 from tests.conftest import TOLERANCE, reference_pixels
 
 
@@ -18,7 +18,7 @@ def test_16_requests_from_8_threads_all_complete_correctly():
                           height=64, scheduler=("euler", "ddim")[i % 2], output_format="np")
         for i in range(16)
     ]
-    with Engine(models="tiny-sd15", device="cpu", denoise=StageConfig(max_batch_images=8)) as engine:
+    with Engine(models="tiny-sd15", device="cpu", denoise=DenoiseConfig(max_rows=16)) as engine:
         barrier = threading.Barrier(8)
 
         def client(indices):
@@ -60,7 +60,8 @@ def test_generate_async_and_cancellation_of_the_awaiting_task(sd15_engine):
 
 def test_progress_callback_reports_every_step_and_a_raising_one_is_ignored(sd15_engine):
     seen = []
-    sd15_engine.generate(prompt="a", width=64, height=64, steps=4, scheduler="euler", progress=lambda d, t: seen.append((d, t)))
+    sd15_engine.generate(prompt="a", width=64, height=64, steps=4, scheduler="euler",
+                         progress=lambda d, t: seen.append((d, t)))
     assert seen == [(1, 4), (2, 4), (3, 4), (4, 4)]
 
     def broken(done, total):

@@ -6,7 +6,7 @@ from concurrent.futures import CancelledError, wait
 import pytest
 
 from baton import Engine, EngineClosedError, EngineDeadError, QueueFullError, StageError
-from baton.config import StageConfig
+from baton.config import DenoiseConfig
 from tests.conftest import batching_engine
 
 
@@ -90,7 +90,7 @@ def test_admission_is_bounded():
 
 
 def test_a_dead_worker_fails_everything_and_refuses_new_work():
-    engine = Engine(models="tiny-sd15", device="cpu", denoise=StageConfig(max_wait_s=0.0))
+    engine = Engine(models="tiny-sd15", device="cpu", denoise=DenoiseConfig(max_wait_s=0.0))
     denoise = engine._executor.stages[1]
 
     def broken_key(job):  # a bug in the mechanism, outside any batch: the worker itself dies

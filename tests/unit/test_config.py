@@ -1,6 +1,6 @@
 import pytest
 
-from baton import EngineConfig, RequestLimits, StageConfig
+from baton import DenoiseConfig, EngineConfig, RequestLimits, StageConfig
 from baton.device import resolve_device, resolve_dtype
 
 
@@ -32,6 +32,21 @@ def test_a_single_model_name_becomes_a_tuple():
 def test_stage_config_names_the_bad_field(kwargs, field):
     with pytest.raises(ValueError, match=f"`{field}`"):
         StageConfig(**kwargs)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "field"),
+    [
+        ({"batching": "token"}, "batching"),
+        ({"max_rows": 0}, "max_rows"),
+        ({"max_wait_s": -0.1}, "max_wait_s"),
+        ({"priority_aging_s": 0.0}, "priority_aging_s"),
+        ({"cpu_threads": 0}, "cpu_threads"),
+    ],
+)
+def test_denoise_config_names_the_bad_field(kwargs, field):
+    with pytest.raises(ValueError, match=f"`{field}`"):
+        DenoiseConfig(**kwargs)
 
 
 def test_request_limits_must_be_consistent():

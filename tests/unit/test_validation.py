@@ -45,6 +45,8 @@ GOOD = dict(prompt="a red fox", width=64, height=64, steps=2, seed=0)
         ("seed", -1, "integer between 0"),
         ("scheduler", "magic", "one of ['default', 'euler'"),
         ("model", "sd99", "one of the loaded models ['tiny-sd15']"),
+        ("priority", 101, "between -100 and 100"),
+        ("priority", 1.5, "integer between -100 and 100"),
         ("output_format", "gif", "one of ['png', 'jpeg', 'webp', 'np']"),
     ],
 )

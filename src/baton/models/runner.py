@@ -13,6 +13,7 @@ from __future__ import annotations
 import copy
 import logging
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -20,6 +21,7 @@ import torch
 from diffusers import DiffusionPipeline
 from diffusers.utils.torch_utils import randn_tensor
 
+from baton.models.invariance import RequestSegments, batch_variant_layers
 from baton.models.schedulers import SchedulerFactory
 from baton.request import GenerationRequest
 
@@ -85,6 +87,9 @@ class ModelRunner(ABC):
         if self.upcast_vae_in_float16 and vae.dtype == torch.float16 and getattr(vae.config, "force_upcast", False):
             vae = copy.deepcopy(vae).to(torch.float32)
         self.vae = vae
+        self._request_segments = RequestSegments(batch_variant_layers(pipeline.unet))
+        self.batch_invariant = device.type == "cpu"
+        """Run the batch-variant layers per request (see ``baton.models.invariance``); the engine sets it."""
 
     # -- shapes ---------------------------------------------------------------------------------------------------
     @property
@@ -131,14 +136,18 @@ class ModelRunner(ABC):
         latents: torch.Tensor,  # [rows, C, h, w], already scaled by each request's scheduler
         timesteps: torch.Tensor,  # [rows]
         conditioning: Conditioning,
+        request_rows: Sequence[int] = (),
     ) -> torch.Tensor:  # [rows, C, h, w]
-        return self.pipeline.unet(
-            latents,
-            timesteps,
-            encoder_hidden_states=conditioning.hidden_states,
-            added_cond_kwargs=conditioning.added or None,
-            return_dict=False,
-        )[0]
+        """The denoiser over a batch of rows; ``request_rows`` says how many consecutive rows each request owns,
+        so the layers that batching would perturb run per request (``baton.models.invariance``)."""
+        with self._request_segments.split(request_rows if self.batch_invariant else ()):
+            return self.pipeline.unet(
+                latents,
+                timesteps,
+                encoder_hidden_states=conditioning.hidden_states,
+                added_cond_kwargs=conditioning.added or None,
+                return_dict=False,
+            )[0]
 
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         """Latents [B, C, h, w] → pixels [B, 3, H, W] in [0, 1], on the device."""

@@ -1,6 +1,6 @@
 """The pipeline stages: text encode → denoise → VAE decode → image encode, each a worker over a queue."""
 
-from baton.stages.base import SENTINEL, Stage
+from baton.stages.base import SENTINEL, BatchStage, Stage
 from baton.stages.decode import VaeDecodeStage
 from baton.stages.denoise import DenoiseStage
 from baton.stages.encode import TextEncodeStage
@@ -9,6 +9,7 @@ from baton.stages.job import Job, ProgressCallback
 
 __all__ = [
     "SENTINEL",
+    "BatchStage",
     "DenoiseStage",
     "ImageEncodeStage",
     "Job",

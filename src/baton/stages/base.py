@@ -1,7 +1,8 @@
-"""The worker loop every stage shares: queue in, form a batch, run it, hand each request on, stop on a sentinel.
+"""The worker machinery every stage shares: queue in, decide, run, hand each request on, stop on a sentinel.
 
-A stage owns one thread, one bounded input queue and (on CUDA) one stream. The batching decision is delegated to
-:func:`baton.scheduling.plan_batch`; this module is the mechanism around it.
+A stage owns one thread, one bounded input queue and (on CUDA) one stream. :class:`Stage` is that plumbing;
+:class:`BatchStage` adds the loop of the stages that run each request once, in batches decided by
+:func:`baton.scheduling.plan_batch`. The denoiser has its own step loop (``baton.stages.denoise``).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from collections.abc import Callable, Hashable
 
 import torch
 
-from baton.config import StageConfig
+from baton.config import DenoiseConfig, StageConfig
 from baton.device import StageStream, set_thread_cpu_threads
 from baton.errors import EngineClosedError, StageError
 from baton.scheduling import Waiting, plan_batch
@@ -26,18 +27,19 @@ logger = logging.getLogger(__name__)
 SENTINEL = None
 """Put on a stage's queue after the last request: the stage finishes what it holds, passes it on, and exits."""
 
-_IDLE_POLL_S = 0.5  # how often an idle worker wakes to notice an abort
+IDLE_POLL_S = 0.5  # how often an idle worker wakes to notice an abort
 
 
 class Stage(ABC):
-    """A pipeline stage: subclasses say how requests batch (:meth:`batch_key`) and what a batch does
-    (:meth:`run_batch`), and call :meth:`hand_on` for each request they are done with."""
+    """A pipeline stage's worker: subclasses say how requests group (:meth:`batch_key`), how much of a batch each
+    takes (:meth:`batch_size`), and how the worker serves them (:meth:`_serve`); they call :meth:`hand_on` for
+    each request they are done with."""
 
     name: str
 
     def __init__(
         self,
-        config: StageConfig,
+        config: StageConfig | DenoiseConfig,
         device: torch.device,
         queue_size: int,
         abort: threading.Event,
@@ -53,8 +55,7 @@ class Stage(ABC):
         self._on_death = on_death
         self._waiting: list[Waiting[Job]] = []
         self._draining = False
-        self._handed_on: set[int] = set()
-        self._lookahead = 4 * config.max_batch_images  # how far down the queue to look for compatible requests
+        self._lookahead = self.lookahead(queue_size)
         self._thread = threading.Thread(target=self._work, name=f"baton-{self.name}", daemon=True)
 
     # -- what subclasses define -----------------------------------------------------------------------------------
@@ -63,12 +64,17 @@ class Stage(ABC):
         return job.runner.name
 
     def batch_size(self, job: Job) -> int:
-        """What a request counts towards ``max_batch_images``."""
+        """What a request counts towards the batch limit."""
         return job.request.num_images
 
     @abstractmethod
-    def run_batch(self, jobs: list[Job]) -> None:
-        """Do this stage's work for ``jobs`` (runs on the stage's thread and stream, under inference mode)."""
+    def lookahead(self, queue_size: int) -> int:
+        """How many queued requests the batching policy sees at once."""
+
+    @abstractmethod
+    def _serve(self) -> None:
+        """Serve requests (on the stage's thread, under inference mode) until the sentinel has come and everything
+        before it is handed on, or the engine aborts."""
 
     # -- the plumbing ---------------------------------------------------------------------------------------------
     def start(self) -> None:
@@ -84,7 +90,7 @@ class Stage(ABC):
             job.enter(self.name, time.perf_counter())
         while True:
             try:
-                self.inbox.put(job, timeout=_IDLE_POLL_S)
+                self.inbox.put(job, timeout=IDLE_POLL_S)
                 return
             except queue.Full:
                 if not self._thread.is_alive():
@@ -95,7 +101,6 @@ class Stage(ABC):
         record = job.records[self.name]
         record.finished = self.stream.mark()
         job.ready = self.stream.record()
-        self._handed_on.add(id(job))
         if self.next_stage is not None:
             self.next_stage.put(job)
 
@@ -104,8 +109,7 @@ class Stage(ABC):
             if self._device.type == "cpu":
                 set_thread_cpu_threads(self._cpu_threads)
             with torch.inference_mode():
-                while (batch := self._next_batch()) is not None:
-                    self._execute(batch)
+                self._serve()
             if self.next_stage is not None:
                 try:
                     self.next_stage.put(SENTINEL)
@@ -114,6 +118,52 @@ class Stage(ABC):
         except BaseException as exc:  # a bug in the mechanism itself: the engine cannot go on
             logger.exception("stage %s died", self.name)
             self._on_death(self.name, exc)
+
+    def _pull(self, block: bool, timeout: float | None = IDLE_POLL_S) -> None:
+        """Move queued requests into the waiting list: wait for the first if ``block``, then take what is there."""
+        try:
+            while len(self._waiting) < self._lookahead and not self._draining:
+                job = self.inbox.get(block=block, timeout=timeout if block else None)
+                block = False
+                if job is SENTINEL:
+                    self._draining = True
+                else:
+                    self._waiting.append(
+                        Waiting(
+                            job,
+                            self.batch_key(job),
+                            self.batch_size(job),
+                            job.records[self.name].enqueued,
+                            job.request.priority,
+                        )
+                    )
+        except queue.Empty:
+            pass
+
+
+class BatchStage(Stage):
+    """A stage that runs each request once, in batches: subclasses define :meth:`run_batch`."""
+
+    config: StageConfig
+
+    def __init__(self, config: StageConfig, *args, **kwargs) -> None:
+        super().__init__(config, *args, **kwargs)
+        self._handed_on: set[int] = set()
+
+    @abstractmethod
+    def run_batch(self, jobs: list[Job]) -> None:
+        """Do this stage's work for ``jobs`` (runs on the stage's thread and stream, under inference mode)."""
+
+    def lookahead(self, queue_size: int) -> int:
+        return 4 * self.config.max_batch_images  # how far down the queue to look for compatible requests
+
+    def hand_on(self, job: Job) -> None:
+        self._handed_on.add(id(job))
+        super().hand_on(job)
+
+    def _serve(self) -> None:
+        while (batch := self._next_batch()) is not None:
+            self._execute(batch)
 
     def _execute(self, batch: list[Job]) -> None:
         live = []
@@ -159,19 +209,4 @@ class Stage(ABC):
                 chosen = {id(w) for w in decision.batch}
                 self._waiting = [w for w in self._waiting if id(w) not in chosen]
                 return [w.item for w in decision.batch]
-            self._pull(block=True, timeout=decision.wait_s if decision.wait_s is not None else _IDLE_POLL_S)
-
-    def _pull(self, block: bool, timeout: float | None = _IDLE_POLL_S) -> None:
-        """Move queued requests into the waiting list: wait for the first if ``block``, then take what is there."""
-        try:
-            while len(self._waiting) < self._lookahead and not self._draining:
-                job = self.inbox.get(block=block, timeout=timeout if block else None)
-                block = False
-                if job is SENTINEL:
-                    self._draining = True
-                else:
-                    self._waiting.append(
-                        Waiting(job, self.batch_key(job), self.batch_size(job), job.records[self.name].enqueued)
-                    )
-        except queue.Empty:
-            pass
+            self._pull(block=True, timeout=decision.wait_s if decision.wait_s is not None else IDLE_POLL_S)

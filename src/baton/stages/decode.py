@@ -6,11 +6,11 @@ from collections.abc import Hashable
 
 import torch
 
-from baton.stages.base import Stage
+from baton.stages.base import BatchStage
 from baton.stages.job import Job
 
 
-class VaeDecodeStage(Stage):
+class VaeDecodeStage(BatchStage):
     name = "vae_decode"
 
     def batch_key(self, job: Job) -> Hashable:

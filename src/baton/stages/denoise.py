@@ -1,14 +1,18 @@
-"""Denoising: the scheduler loop, with the denoiser run on the rows of every request in the batch at once.
+"""Denoising with step-level batching: requests join and leave the running batch between denoiser forwards.
 
-Each request owns a copy of its scheduler (diffusers schedulers are stateful), its own step count, guidance scale
-and sampler, so requests that differ in these still share every denoiser forward: timesteps go to the model per
-row, and guidance is combined per request. A request whose steps are done leaves the batch at once and goes on to
-decoding while the others continue. Nothing in the step loop reads a device value back to the host.
+Before every forward the worker asks :class:`baton.scheduling.StepPolicy` which waiting requests start and which
+key (model, latent size, dtype) runs; the mechanism here carries that out. Each request owns a copy of its
+scheduler (diffusers schedulers are stateful), its own step index, step count, guidance scale and sampler, so
+requests that differ in these share every forward: timesteps go to the model per row, and guidance is combined
+per request. A request whose steps are done leaves at once and goes on to decoding. Nothing in the step loop
+reads a device value back to the host.
 """
 
 from __future__ import annotations
 
 import inspect
+import logging
+import time
 from collections.abc import Hashable
 from dataclasses import dataclass
 from typing import Any
@@ -16,17 +20,22 @@ from typing import Any
 import torch
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 
-from baton.errors import EngineClosedError
+from baton.config import DenoiseConfig
+from baton.errors import EngineClosedError, StageError
 from baton.models.runner import Conditioning
-from baton.stages.base import Stage
+from baton.scheduling import Running, StepPolicy, Waiting
+from baton.stages.base import IDLE_POLL_S, Stage
 from baton.stages.job import Job
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(slots=True, eq=False)
 class DenoiseState:
-    """One request's progress through its own scheduler."""
+    """One running request's progress through its own scheduler."""
 
     job: Job
+    key: Hashable
     scheduler: SchedulerMixin
     timesteps: torch.Tensor  # [T] on the CPU: what the scheduler's step() is given (no device reads)
     model_timesteps: torch.Tensor  # [T] on the device: what the denoiser is given
@@ -35,7 +44,9 @@ class DenoiseState:
     guidance_scale: float
     with_guidance: bool
     step_kwargs: dict[str, Any]
+    last_ran_at: float
     index: int = 0
+    images_alongside: int = 0  # images in all the forwards it took part in, its own included
 
     @property
     def rows(self) -> int:
@@ -48,33 +59,119 @@ class DenoiseState:
 
 class DenoiseStage(Stage):
     name = "denoise"
+    config: DenoiseConfig
+
+    def __init__(self, config: DenoiseConfig, *args, **kwargs) -> None:
+        super().__init__(config, *args, **kwargs)
+        self.policy = StepPolicy(
+            max_rows=config.max_rows,
+            max_wait_s=config.max_wait_s,
+            join_running=config.batching == "step",
+            priority_aging_s=config.priority_aging_s,
+        )
+        self._running: list[DenoiseState] = []
+        # per key: the members its conditioning was built for, and that conditioning (rebuilt when they change)
+        self._conditioning: dict[Hashable, tuple[tuple[int, ...], Conditioning]] = {}
 
     def batch_key(self, job: Job) -> Hashable:
         # What changes the denoiser's input shapes or weights; steps, guidance and sampler may differ freely.
-        return (job.runner.name, job.request.height, job.request.width)
+        return (job.runner.name, job.request.height, job.request.width, job.runner.dtype)
 
-    def run_batch(self, jobs: list[Job]) -> None:
-        active = [self._start(job) for job in jobs]
-        conditioning: Conditioning | None = None
-        while active:
-            if conditioning is None:  # rebuilt only when the batch's membership changes
-                conditioning = Conditioning.concat([state.conditioning for state in active])
-            self._step(active, conditioning)
-            aborted = self._abort.is_set()
-            still = [state for state in active if not (state.finished or state.job.done or aborted)]
-            for state in active:
-                if state.finished and not state.job.done:
-                    state.job.latents = state.latents
-                    self.hand_on(state.job)
-                elif aborted:  # close(drain=False): stop at this step boundary
-                    state.job.fail(EngineClosedError())
-            if len(still) != len(active):
-                conditioning = None
-            active = still
+    def batch_size(self, job: Job) -> int:
+        guided = job.runner.uses_guidance(job.request.guidance_scale)
+        return job.request.num_images * (2 if guided else 1)  # denoiser rows
 
-    def _start(self, job: Job) -> DenoiseState:
+    def lookahead(self, queue_size: int) -> int:
+        # see the whole queue, so priorities and keys are judged over everything waiting here
+        return max(queue_size, 4 * self.config.max_rows)
+
+    # -- the step loop: schedule → execute → update ---------------------------------------------------------------
+    def _serve(self) -> None:
+        with self.stream.active():
+            while True:
+                self._pull(block=not self._running and not self._waiting and not self._draining)
+                if self._abort.is_set():  # close(drain=False): stop at this step boundary
+                    self._fail_everything(EngineClosedError())
+                    return
+                self._drop_settled()
+                if self._draining and not self._running and not self._waiting:
+                    return
+                decision = self.policy.plan(
+                    [Running(s, s.key, s.rows, s.last_ran_at) for s in self._running],
+                    self._waiting,
+                    now=time.perf_counter(),
+                    flush=self._draining or len(self._waiting) >= self._lookahead,
+                )
+                self._admit(decision.admit)
+                group = [state for state in self._running if state.key == decision.run_key]
+                if group:
+                    self._forward(group)
+                elif decision.run_key is None and self._waiting:  # idle, holding a partial batch a moment
+                    self._pull(block=True, timeout=decision.wait_s or IDLE_POLL_S)
+
+    def _drop_settled(self) -> None:
+        """Requests cancelled by their callers leave here, at a step boundary, freeing their rows."""
+        self._running = [state for state in self._running if not state.job.done]
+        self._waiting = [entry for entry in self._waiting if not entry.item.done]
+
+    def _admit(self, entries: list[Waiting[Job]]) -> None:
+        if not entries:
+            return
+        chosen = {id(entry) for entry in entries}
+        self._waiting = [entry for entry in self._waiting if id(entry) not in chosen]
+        for entry in entries:
+            job = entry.item
+            try:
+                state = self._start(job, entry.key)
+            except Exception as exc:
+                logger.exception("denoise could not start request %s", job.request_id)
+                job.fail(StageError(self.name, exc))
+                continue
+            self._running.append(state)
+
+    def _forward(self, group: list[DenoiseState]) -> None:
+        """One denoiser forward over ``group``, then each request's own scheduler step; hand on the finished."""
+        try:
+            self._step(group, self._group_conditioning(group))
+        except Exception as exc:
+            logger.exception("denoise failed a forward of %d request(s)", len(group))
+            self._running = [state for state in self._running if state not in group]
+            for state in group:
+                state.job.fail(StageError(self.name, exc))
+            return
+        now = time.perf_counter()
+        images = sum(state.job.request.num_images for state in group)
+        for state in group:
+            state.last_ran_at = now
+            state.images_alongside += images
+        for state in group:
+            if state.finished and not state.job.done:
+                self._running.remove(state)
+                state.job.records[self.name].batch_images = round(state.images_alongside / state.index, 2)
+                state.job.latents = state.latents
+                self.hand_on(state.job)
+        if not any(state.key == group[0].key for state in self._running):
+            self._conditioning.pop(group[0].key, None)  # nothing of this key runs: free its concatenated rows
+
+    def _group_conditioning(self, group: list[DenoiseState]) -> Conditioning:
+        members = tuple(id(state) for state in group)
+        cached = self._conditioning.get(group[0].key)
+        if cached is None or cached[0] != members:
+            cached = (members, Conditioning.concat([state.conditioning for state in group]))
+            self._conditioning[group[0].key] = cached
+        return cached[1]
+
+    def _fail_everything(self, error: BaseException) -> None:
+        for job in [state.job for state in self._running] + [entry.item for entry in self._waiting]:
+            job.fail(error)
+        self._running, self._waiting = [], []
+        self._conditioning.clear()
+
+    # -- the model work -------------------------------------------------------------------------------------------
+    def _start(self, job: Job, key: Hashable) -> DenoiseState:
         request = job.request
         runner = job.runner
+        job.records[self.name].started = self.stream.mark()
         self.stream.wait(job.ready, *job.embeddings.tensors.values())
         scheduler = runner.schedulers.new(request.scheduler)
         scheduler.set_timesteps(request.steps, device="cpu")
@@ -82,39 +179,40 @@ class DenoiseStage(Stage):
             scheduler.set_begin_index(0)  # else the first step() searches the timesteps, a device read on CUDA
         generator = torch.Generator("cpu").manual_seed(job.seed)
         timesteps = scheduler.timesteps
-        model_timesteps = timesteps.to(runner.device, non_blocking=True)
-        with_guidance = runner.uses_guidance(request.guidance_scale)
         return DenoiseState(
             job=job,
+            key=key,
             scheduler=scheduler,
             timesteps=timesteps,
-            model_timesteps=model_timesteps,
+            model_timesteps=timesteps.to(runner.device, non_blocking=True),
             latents=runner.initial_latents(request, generator, scheduler.init_noise_sigma),
             conditioning=runner.conditioning(job.embeddings, request),
             guidance_scale=float(request.guidance_scale),
-            with_guidance=with_guidance,
+            with_guidance=runner.uses_guidance(request.guidance_scale),
             step_kwargs=_step_kwargs(scheduler, generator),
+            last_ran_at=time.perf_counter(),
         )
 
-    def _step(self, active: list[DenoiseState], conditioning: Conditioning) -> None:
-        """One denoiser forward over every active request's rows, then each request's own scheduler step."""
-        runner = active[0].job.runner
+    def _step(self, group: list[DenoiseState], conditioning: Conditioning) -> None:
+        runner = group[0].job.runner
         inputs, timesteps = [], []
-        for state in active:
+        for state in group:
             t = state.timesteps[state.index]
             rows = torch.cat([state.latents] * 2) if state.with_guidance else state.latents
             inputs.append(state.scheduler.scale_model_input(rows, t))
             timesteps.append(state.model_timesteps[state.index].expand(rows.shape[0]))
-        noise = runner.predict_noise(torch.cat(inputs), torch.cat(timesteps), conditioning)
+        rows = [state.rows for state in group]
+        noise = runner.predict_noise(torch.cat(inputs), torch.cat(timesteps), conditioning, rows)  # [rows, C, h, w]
         offset = 0
-        for state in active:
+        for state in group:
             prediction = noise[offset : offset + state.rows]
             offset += state.rows
             if state.with_guidance:
                 uncond, cond = prediction.chunk(2)
                 prediction = uncond + state.guidance_scale * (cond - uncond)
             t = state.timesteps[state.index]
-            state.latents = state.scheduler.step(prediction, t, state.latents, **state.step_kwargs, return_dict=False)[0]
+            step = state.scheduler.step(prediction, t, state.latents, **state.step_kwargs, return_dict=False)
+            state.latents = step[0]
             state.index += 1
             state.job.report_progress(state.index, len(state.timesteps))
 

@@ -5,11 +5,11 @@ from __future__ import annotations
 from collections.abc import Hashable
 
 from baton.models.runner import PromptInput
-from baton.stages.base import Stage
+from baton.stages.base import BatchStage
 from baton.stages.job import Job
 
 
-class TextEncodeStage(Stage):
+class TextEncodeStage(BatchStage):
     name = "text_encode"
 
     def batch_key(self, job: Job) -> Hashable:

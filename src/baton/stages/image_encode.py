@@ -15,7 +15,7 @@ from baton.config import StageConfig
 from baton.device import Mark
 from baton.errors import StageError
 from baton.request import GenerationResult
-from baton.stages.base import Stage
+from baton.stages.base import BatchStage
 from baton.stages.job import Job, StageRecord
 
 logger = logging.getLogger(__name__)
@@ -66,7 +66,7 @@ def _encode(image: Image.Image, output_format: str) -> bytes:
     return buffer.getvalue()
 
 
-class ImageEncodeStage(Stage):
+class ImageEncodeStage(BatchStage):
     """Waits for each request's pixels to reach the host, then encodes them on a CPU pool and completes it."""
 
     name = STAGE_NAME

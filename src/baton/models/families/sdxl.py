@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from diffusers import StableDiffusionXLPipeline
 
+from baton.models.invariance import run_rows_separately
 from baton.models.runner import Conditioning, ModelRunner, PromptEmbeddings, PromptInput
 from baton.request import GenerationRequest
 
@@ -19,7 +20,8 @@ class StableDiffusionXLRunner(ModelRunner):
         super().__init__(*args, **kwargs)
         encoder = self.pipeline.text_encoder_2
         if encoder is not None and isinstance(getattr(encoder, "text_projection", None), torch.nn.Linear):
-            _make_batch_invariant(encoder.text_projection)
+            # diffusers encodes one prompt at a time; baton a batch of them (see baton.models.invariance)
+            run_rows_separately(encoder.text_projection)
 
     def encode_prompts(self, inputs: list[PromptInput]) -> list[PromptEmbeddings]:
         with_negative = any(item.needs_negative for item in inputs)
@@ -66,20 +68,3 @@ class StableDiffusionXLRunner(ModelRunner):
             added={"text_embeds": torch.cat(pooled), "time_ids": time_ids.expand(rows, -1).contiguous()},
         )
 
-
-def _make_batch_invariant(linear: torch.nn.Linear) -> None:
-    """Run ``linear`` one row at a time, so a prompt's pooled embedding does not depend on its batch.
-
-    A CPU GEMM with one row sums in another order than with several, and the pooled text embedding feeds SDXL's
-    time embedding at every step, where a 1e-7 change grows to 1e-4 in the image. The projection is a few
-    1280×1280 vector products per batch, so doing them row by row costs nothing measurable; the encoder's other
-    matrices see 77 rows per prompt and are already batch-invariant. Only this instance's forward changes:
-    parameters and state-dict keys stay as they are.
-    """
-
-    def forward(rows: torch.Tensor) -> torch.Tensor:  # [B, D] -> [B, P]
-        if rows.dim() != 2 or rows.shape[0] == 1:
-            return torch.nn.functional.linear(rows, linear.weight, linear.bias)
-        return torch.cat([torch.nn.functional.linear(row, linear.weight, linear.bias) for row in rows.split(1)])
-
-    linear.forward = forward

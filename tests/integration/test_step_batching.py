@@ -1,0 +1,185 @@
+"""Step-level batching on a real engine: requests join a running batch between steps, and nothing about a
+request's image depends on what it was batched with."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+from baton import DenoiseConfig, Engine, GenerationRequest
+from tests.conftest import assert_matches_reference
+
+SMALL = dict(width=64, height=64, output_format="np")
+
+
+def denoise_inbox(engine: Engine):
+    return engine._executor.stages[1].inbox
+
+
+def wait_until_queued_at_denoise(engine: Engine, count: int = 1, timeout: float = 30.0) -> None:
+    """Block (the denoiser, when called from a progress callback) until ``count`` requests wait at its queue, so
+    they join at the very next step boundary: a deterministic mid-run join."""
+    deadline = time.monotonic() + timeout
+    while denoise_inbox(engine).qsize() < count:
+        if time.monotonic() > deadline:
+            raise TimeoutError("the request never reached the denoiser")
+        time.sleep(0.001)
+
+
+class Trace:
+    """Every progress callback, in order: (request name, steps done)."""
+
+    def __init__(self) -> None:
+        self.events: list[tuple[str, int]] = []
+        self._lock = threading.Lock()
+
+    def callback(self, name: str, on_step=None):
+        def progress(done: int, total: int) -> None:
+            with self._lock:
+                self.events.append((name, done))
+            if on_step is not None:
+                on_step(done)
+
+        return progress
+
+    def first_step(self, name: str) -> int:
+        return next(i for i, (who, done) in enumerate(self.events) if who == name and done == 1)
+
+    def steps_done_before(self, name: str, index: int) -> int:
+        """How many steps ``name`` had done when event ``index`` happened."""
+        return max(done for who, done in self.events[:index] if who == name)
+
+    def last_step(self, name: str) -> int:
+        return max(i for i, (who, _) in enumerate(self.events) if who == name)
+
+
+@pytest.mark.parametrize("model", ["tiny-sd15", "tiny-sdxl"])
+def test_requests_that_join_mid_run_get_the_image_they_would_get_alone(model):
+    """B joins at A's step 4 and C at A's step 9; they differ in steps, guidance (B: none, so no unconditional
+    row), sampler and image count. Each equals its own plain diffusers run."""
+    a = GenerationRequest(prompt="a red fox", seed=1, steps=24, scheduler="euler", model=model, **SMALL)
+    b = GenerationRequest(prompt="a blue whale", seed=2, steps=8, guidance_scale=1.0, scheduler="ddim",
+                          num_images=2, model=model, **SMALL)
+    c = GenerationRequest(prompt="a yellow bird", seed=3, steps=10, guidance_scale=4.0, scheduler="dpmpp_2m",
+                          negative_prompt="blurry", model=model, **SMALL)
+    trace = Trace()
+    futures = {}
+    with Engine(models=model, device="cpu") as engine:
+
+        def join_others(done: int) -> None:
+            for step, name, request in ((4, "b", b), (9, "c", c)):
+                if done == step:
+                    futures[name] = engine.submit(request, progress=trace.callback(name))
+                    wait_until_queued_at_denoise(engine)
+
+        futures["a"] = engine.submit(a, progress=trace.callback("a", join_others))
+        futures["a"].result(timeout=120)
+        results = {name: future.result(timeout=120) for name, future in futures.items()}
+
+        # they really joined a running batch: each took its first step in A's forward right after it arrived
+        assert trace.steps_done_before("a", trace.first_step("b")) == 5
+        assert trace.steps_done_before("a", trace.first_step("c")) == 10
+        assert results["b"].timings["denoise"].batch_images > 2  # shared its forwards with A (and C)
+        assert 1 < results["a"].timings["denoise"].batch_images < 1 + 2 + 1
+        for name, request in (("a", a), ("b", b), ("c", c)):
+            assert_matches_reference(engine, results[name], request)
+
+
+def test_request_level_batching_lets_no_one_join_a_running_batch():
+    trace = Trace()
+    futures = {}
+    config = DenoiseConfig(batching="request")
+    with Engine(models="tiny-sd15", device="cpu", denoise=config) as engine:
+
+        def submit_b(done: int) -> None:
+            if done == 3:
+                futures["b"] = engine.submit(prompt="b", steps=5, seed=2, progress=trace.callback("b"), **SMALL)
+                wait_until_queued_at_denoise(engine)
+
+        futures["a"] = engine.submit(prompt="a", steps=12, seed=1, progress=trace.callback("a", submit_b), **SMALL)
+        futures["a"].result(timeout=60)
+        b = futures["b"].result(timeout=60)
+    assert trace.first_step("b") > trace.last_step("a")  # B waited for A's whole batch
+    assert b.timings["denoise"].batch_images == 1
+
+
+def test_priority_decides_who_takes_the_rows_that_free_up():
+    """With room for one guided image per forward, A runs; low and high wait (low queued first). When A is done,
+    high goes first and runs to the end before low starts."""
+    trace = Trace()
+    futures = {}
+    with Engine(models="tiny-sd15", device="cpu", denoise=DenoiseConfig(max_rows=2)) as engine:
+
+        def queue_two(done: int) -> None:
+            if done == 2:
+                futures["low"] = engine.submit(prompt="low", steps=4, priority=0, progress=trace.callback("low"),
+                                               **SMALL)
+                futures["high"] = engine.submit(prompt="high", steps=4, priority=5,
+                                                progress=trace.callback("high"), **SMALL)
+                wait_until_queued_at_denoise(engine, count=2)
+
+        futures["a"] = engine.submit(prompt="a", steps=10, progress=trace.callback("a", queue_two), **SMALL)
+        for future in list(futures.values()):
+            future.result(timeout=60)
+        for name in ("low", "high"):
+            futures[name].result(timeout=60)
+    assert trace.last_step("a") < trace.first_step("high")
+    assert trace.last_step("high") < trace.first_step("low")
+
+
+def test_requests_of_different_sizes_take_turns_on_the_denoiser():
+    """A 96x64 request arriving while a 64x64 one runs cannot share its forwards; it does not wait for it to end
+    either: the two sizes alternate, one forward each."""
+    trace = Trace()
+    futures = {}
+    with Engine(models="tiny-sd15", device="cpu") as engine:
+
+        def submit_wide(done: int) -> None:
+            if done == 3:
+                futures["wide"] = engine.submit(prompt="wide", steps=5, width=96, height=64, scheduler="euler",
+                                                progress=trace.callback("wide"))
+                wait_until_queued_at_denoise(engine)
+
+        futures["square"] = engine.submit(prompt="square", steps=20, scheduler="euler", width=64, height=64,
+                                          progress=trace.callback("square", submit_wide))
+        futures["square"].result(timeout=60)
+        assert futures["wide"].result(timeout=60).images[0].size == (96, 64)
+    start, end = trace.first_step("wide"), trace.last_step("wide")
+    assert [who for who, _ in trace.events[start - 1 : end + 1]] == ["square", "wide"] * 5
+
+
+@pytest.mark.parametrize("model", ["tiny-sd15", "tiny-sdxl"])
+def test_a_batched_denoiser_forward_equals_each_request_alone_bitwise(model):
+    """Three requests' rows (2, 1 and 2, at different timesteps) in one forward give each request what its rows
+    give alone, bitwise: the batch-variant layers run per request (baton.models.invariance)."""
+    import torch
+
+    from baton.models import load_model
+    from baton.models.runner import Conditioning
+
+    runner = load_model(model, torch.device("cpu"), torch.float32)
+    unet = runner.pipeline.unet
+    generator = torch.Generator().manual_seed(0)
+    rows = [2, 1, 2]
+    latents = torch.randn(5, unet.config.in_channels, 8, 8, generator=generator)
+    timesteps = torch.tensor([901, 901, 40, 333, 333])
+    hidden = torch.randn(5, 77, unet.config.cross_attention_dim, generator=generator)
+    added = {}
+    if unet.config.addition_embed_type == "text_time":
+        text_dim = unet.config.projection_class_embeddings_input_dim - 6 * unet.config.addition_time_embed_dim
+        added = {"text_embeds": torch.randn(5, text_dim, generator=generator),
+                 "time_ids": torch.randn(5, 6, generator=generator)}
+    with torch.inference_mode():
+        batched = runner.predict_noise(latents, timesteps, Conditioning(hidden, added), rows)
+        start = 0
+        for count in rows:
+            part = slice(start, start + count)
+            alone = runner.predict_noise(latents[part], timesteps[part],
+                                         Conditioning(hidden[part], {k: v[part] for k, v in added.items()}), [count])
+            if count > 1:
+                assert torch.equal(batched[part], alone)
+            else:  # a convolution over a batch of one may take another algorithm (measured: ~1e-6 here)
+                assert (batched[part] - alone).abs().max() <= 1e-5
+            start += count
