@@ -101,10 +101,11 @@ class StepPolicy:
     Admission. Waiting requests are ranked as if each priority level had made them arrive ``priority_aging_s``
     earlier: first come, first served on that clock. A request is therefore admitted ahead of every request
     ``k`` levels above it that arrived more than ``k * priority_aging_s`` after it: delayed, never starved.
-    In rank order, each joins the running requests of its key while their rows stay within ``max_rows``. The first that does not fit closes its key to the requests ranked below it until
-    rows free up, so a large request is never overtaken for ever by small ones; a request larger than
-    ``max_rows`` runs once its key has nothing running. With ``join_running=False`` (request-level batching)
-    nothing is admitted while anything runs: a batch forms, runs to the end, and only then does the next form.
+    In rank order, each joins the running requests of its key while their rows stay within ``max_rows``. The
+    first that does not fit closes its key to the requests ranked below it until rows free up, so a large request
+    is never overtaken for ever by small ones; a request larger than ``max_rows`` runs once its key has nothing
+    running. With ``join_running=False`` (request-level batching) nothing is admitted while anything runs: a
+    batch forms, runs to the end, and only then does the next form.
 
     Waiting. An idle denoiser holds a partial batch up to ``max_wait_s`` for more requests (``flush`` ends that,
     at shutdown). A busy one never waits: late requests join at the next step boundary.
