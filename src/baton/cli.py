@@ -1,4 +1,4 @@
-"""The ``baton`` command line: ``generate``, ``models``, ``info``."""
+"""The ``baton`` command line: ``generate``, ``models``, ``info``, ``bench``."""
 
 from __future__ import annotations
 
@@ -62,6 +62,10 @@ def _parser() -> argparse.ArgumentParser:
 
     info = commands.add_parser("info", help="versions, devices and dtypes available here")
     info.set_defaults(handler=_info)
+
+    from baton.bench.cli import add_bench_parser
+
+    add_bench_parser(commands, _size)
     return parser
 
 

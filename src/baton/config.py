@@ -130,8 +130,8 @@ class EngineConfig:
     """VAE-decoding stage batching (counted in images)."""
     batch_invariant: bool | None = None
     """Run the denoiser's few batch-sensitive layers per request, so an image never depends on what it was
-    batched with (``baton.models.invariance``). ``None``: on for a CPU (free there), off for CUDA (it adds small
-    kernel launches per request and step; fp16 results differ at the rounding level either way)."""
+    batched with (``baton.models.invariance``). ``None``: on for a CPU, off for CUDA (where cuBLAS chooses
+    kernels by shape, so it would not guarantee invariance, and fp16 rounding dominates anyway)."""
     image_workers: int = 2
     """Threads of the CPU pool that turns pixels into PNG/JPEG/WebP bytes."""
     limits: RequestLimits = field(default_factory=RequestLimits)

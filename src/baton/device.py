@@ -63,6 +63,15 @@ def elapsed_s(start: Mark, end: Mark) -> float:
     return end.wall - start.wall
 
 
+def mark_now(device: torch.device) -> Mark:
+    """Now, on the host and (on a GPU) at this point of the current stream's queue."""
+    if device.type != "cuda":
+        return Mark(time.perf_counter())
+    event = torch.cuda.Event(enable_timing=True)
+    event.record(torch.cuda.current_stream(device))
+    return Mark(time.perf_counter(), event)
+
+
 class StageStream:
     """One stage's CUDA stream, or nothing on a CPU."""
 

@@ -1,0 +1,101 @@
+"""``baton bench ...`` argument parsing and output, kept apart from the main CLI."""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+from pathlib import Path
+
+from rich.console import Console
+
+RESULTS_DIR = Path("benchmarks/results")
+
+
+def add_bench_parser(commands: argparse._SubParsersAction, size_type) -> None:
+    bench = commands.add_parser("bench", help="benchmarks that compare baton with the plain diffusers pipeline")
+    benches = bench.add_subparsers(dest="bench", required=True)
+
+    serve = benches.add_parser(
+        "serve",
+        help="stacked vs staged vs step-batched vs the batched ceiling, under C concurrent clients",
+        description="Drive the engine with C concurrent clients in a closed loop (or Poisson arrivals with "
+        "--rate) in every mode, in one run, and report images/s, latency percentiles and what the denoiser did.",
+    )
+    serve.add_argument("--model", default="tiny-sd15", help="built-in name, folder or hub id")
+    serve.add_argument("--modes", type=_names, default="stacked,staged,staged-step,batched-ceiling",
+                       help="comma-separated: stacked, staged, staged-step, batched-ceiling")
+    serve.add_argument("--concurrency", type=_ints, default="1,2,4,8", help="closed-loop clients, e.g. 1,2,4,8")
+    serve.add_argument("--rate", type=_floats, default=None,
+                       help="Poisson arrival rates in requests/s (replaces the closed loop), e.g. 2,4,8")
+    serve.add_argument("--requests", type=int, default=32, help="measured requests per mode and load point")
+    serve.add_argument("--warmup", type=int, default=None, help="unmeasured requests before each point")
+    serve.add_argument("--steps", type=int, default=20)
+    serve.add_argument("--size", type=size_type, default=(128, 128), help="WIDTHxHEIGHT")
+    serve.add_argument("--guidance", type=float, default=None, help="guidance scale (default: the model's)")
+    serve.add_argument("--device", default="auto")
+    serve.add_argument("--dtype", default="auto", choices=("auto", "float32", "float16", "bfloat16"))
+    serve.add_argument("--max-rows", type=int, default=16, help="denoiser rows per forward (2 per guided image)")
+    serve.add_argument("--no-timeline", action="store_true", help="skip the two-request timeline")
+    serve.add_argument("--out", type=Path, default=None,
+                       help="folder for serve.json, serve.md and the charts (default: a new folder in "
+                            "benchmarks/results/ unless --json/--markdown/--plot say where)")
+    serve.add_argument("--json", type=Path, default=None, help="write the JSON report here")
+    serve.add_argument("--markdown", type=Path, default=None, help="write the markdown table here")
+    serve.add_argument("--plot", type=Path, default=None, help="write the PNG charts into this folder")
+    serve.set_defaults(handler=_serve)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from baton.bench.report import serve_markdown, write_serve_outputs
+    from baton.bench.serve import ServeSettings, run_serve
+
+    settings = ServeSettings(
+        model=args.model,
+        modes=tuple(args.modes),
+        concurrency=tuple(args.concurrency),
+        rates=tuple(args.rate or ()),
+        requests=args.requests,
+        steps=args.steps,
+        width=args.size[0],
+        height=args.size[1],
+        guidance_scale=args.guidance,
+        device=args.device,
+        dtype=args.dtype,
+        max_rows=args.max_rows,
+        warmup=args.warmup,
+        timeline=not args.no_timeline,
+    )
+    console = Console()
+    out = args.out
+    if out is None and args.json is None and args.markdown is None and args.plot is None:
+        stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M")
+        out = RESULTS_DIR / f"serve-{args.model.replace('/', '_')}-{args.size[0]}x{args.size[1]}-{stamp}"
+    report = run_serve(settings, log=lambda line: console.print(line, highlight=False))
+    paths = write_serve_outputs(
+        report,
+        json_path=args.json or (out / "serve.json" if out else None),
+        markdown_path=args.markdown or (out / "serve.md" if out else None),
+        plot_dir=args.plot or out,
+    )
+    print(serve_markdown(report))  # plain markdown on stdout: pipe it into a file or a README
+    for path in paths:
+        console.print(f"wrote {path}", highlight=False)
+    return 0
+
+
+def _names(text: str) -> list[str]:
+    return [part.strip() for part in text.split(",") if part.strip()]
+
+
+def _ints(text: str) -> list[int]:
+    try:
+        return [int(part) for part in _names(text)]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+
+
+def _floats(text: str) -> list[float]:
+    try:
+        return [float(part) for part in _names(text)]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None

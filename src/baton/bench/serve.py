@@ -1,0 +1,385 @@
+"""``baton bench serve``: the same workload against the stacked baseline, baton's staged pipeline with
+request-level and with step-level batching, and the batched ceiling, all in one run so machine noise cancels.
+
+Modes:
+- ``stacked``: the plain diffusers pipeline, one request at a time (``Engine(mode="stacked")``).
+- ``staged``: baton's stages, the denoiser batching at request level (a batch runs to its end before the next).
+- ``staged-step``: baton's stages, the denoiser batching at step level (requests join between steps).
+- ``batched-ceiling``: one plain diffusers call with all C clients' prompts at once, repeated: the throughput
+  no scheduler can beat for C clients on the same hardware (each of its requests waits for the whole call).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import multiprocessing
+import time
+import traceback
+from collections.abc import Callable
+from concurrent.futures import Future
+from dataclasses import asdict, dataclass
+from multiprocessing.connection import Connection
+from typing import Any
+
+import numpy as np
+import torch
+
+from baton.bench.machine import describe_machine
+from baton.bench.probe import ComponentProbe, Span
+from baton.bench.workload import Outcome, closed_loop, poisson_arrivals
+from baton.config import DenoiseConfig
+from baton.device import elapsed_s, mark_now
+from baton.engine import Engine
+from baton.models import load_model
+from baton.request import GenerationRequest
+
+logger = logging.getLogger(__name__)
+
+MODES: tuple[str, ...] = ("stacked", "staged", "staged-step", "batched-ceiling")
+PROMPTS: tuple[str, ...] = (
+    "a red fox in the snow",
+    "a lighthouse on a cliff at dusk, oil painting",
+    "a bowl of ramen, studio photo",
+    "an astronaut riding a horse on mars",
+    "a watercolor of a quiet harbor at dawn",
+    "a robot reading a newspaper in a cafe",
+    "a macro photo of a dew drop on a leaf",
+    "a castle made of glass, fantasy art",
+    "a cat wearing sunglasses, pop art",
+    "a foggy pine forest, 35mm film",
+    "an isometric city block at night, neon",
+    "a bowl of lemons on a wooden table",
+    "a portrait of an old fisherman, charcoal",
+    "a snowy mountain village, cinematic",
+    "a paper boat on a puddle after rain",
+    "a hummingbird drinking from a flower",
+)
+_TIMELINE_INDEX = 1_000_000  # request indices of the timeline run: away from the measured ones
+
+
+@dataclass(frozen=True, slots=True)
+class ServeSettings:
+    """What ``baton bench serve`` runs; every field is recorded with the results."""
+
+    model: str = "tiny-sd15"
+    modes: tuple[str, ...] = MODES
+    concurrency: tuple[int, ...] = (1, 2, 4, 8)
+    rates: tuple[float, ...] = ()
+    """Poisson arrival rates (requests/s). When given, they replace the closed-loop concurrency sweep."""
+    requests: int = 32
+    steps: int = 20
+    width: int = 128
+    height: int = 128
+    guidance_scale: float | None = None
+    device: str = "auto"
+    dtype: str = "auto"
+    max_rows: int = 16
+    warmup: int | None = None
+    """Unmeasured requests before each load point; ``None``: one per client (at least 2)."""
+    seed: int = 0
+    timeline: bool = True
+
+    def __post_init__(self) -> None:
+        unknown = [mode for mode in self.modes if mode not in MODES]
+        if unknown or not self.modes:
+            raise ValueError(f"`--modes` must be a comma-separated subset of {list(MODES)}, got {list(self.modes)}")
+        if not self.concurrency or any(c < 1 for c in self.concurrency):
+            raise ValueError(f"`--concurrency` must be integers >= 1, got {list(self.concurrency)}")
+        if any(r <= 0 for r in self.rates):
+            raise ValueError(f"`--rate` must be positive numbers, got {list(self.rates)}")
+        if self.requests < 1 or self.steps < 1:
+            raise ValueError(f"`--requests` and `--steps` must be >= 1, got {self.requests} and {self.steps}")
+
+    def request(self, index: int) -> GenerationRequest:
+        return GenerationRequest(
+            prompt=PROMPTS[index % len(PROMPTS)],
+            seed=self.seed + index,
+            steps=self.steps,
+            width=self.width,
+            height=self.height,
+            guidance_scale=self.guidance_scale,
+        )
+
+    def load_points(self) -> list[tuple[str, float]]:
+        """(arrival, value) pairs: ("closed", clients) or ("poisson", rate)."""
+        if self.rates:
+            return [("poisson", rate) for rate in self.rates]
+        return [("closed", clients) for clients in self.concurrency]
+
+
+class _EngineTarget:
+    """A baton engine in one of the engine modes."""
+
+    def __init__(self, mode: str, settings: ServeSettings) -> None:
+        self.mode = mode
+        self.settings = settings
+        self.engine = Engine(
+            models=settings.model,
+            mode="stacked" if mode == "stacked" else "staged",
+            device=settings.device,
+            dtype=settings.dtype,
+            denoise=DenoiseConfig(batching="request" if mode == "staged" else "step", max_rows=settings.max_rows),
+            max_queue=max(256, 2 * settings.requests),
+        )
+        self.runner = self.engine.runners[self.engine.default_model]
+        self.probe = ComponentProbe(self.runner).__enter__()
+
+    def submit(self, index: int) -> Future:
+        return self.engine.submit(self.settings.request(index))
+
+    def drive(self, arrival: str, value: float, total: int, first_index: int) -> list[Outcome]:
+        if arrival == "closed":
+            return closed_loop(self.submit, int(value), total, first_index)
+        return poisson_arrivals(self.submit, value, total, seed=self.settings.seed + first_index,
+                                first_index=first_index)
+
+    def close(self) -> None:
+        self.probe.__exit__()
+        self.engine.close()
+
+
+class _CeilingTarget:
+    """The plain diffusers pipeline called with every client's prompt at once."""
+
+    mode = "batched-ceiling"
+
+    def __init__(self, settings: ServeSettings) -> None:
+        from baton.device import resolve_device, resolve_dtype
+
+        self.settings = settings
+        device = resolve_device(settings.device)
+        self.runner = load_model(settings.model, device, resolve_dtype(settings.dtype, device))
+        self.pipe = self.runner.pipeline_with_scheduler("default")
+        self.probe = ComponentProbe(self.runner).__enter__()
+
+    def drive(self, arrival: str, value: float, total: int, first_index: int) -> list[Outcome]:
+        clients = int(value)
+        outcomes = []
+        for start in range(first_index, first_index + total, clients):
+            requests = [self.settings.request(i) for i in range(start, start + clients)]
+            submitted = time.perf_counter()
+            output = self.pipe(
+                prompt=[r.prompt for r in requests],
+                num_inference_steps=self.settings.steps,
+                width=self.settings.width,
+                height=self.settings.height,
+                guidance_scale=requests[0].guidance_scale
+                if requests[0].guidance_scale is not None
+                else self.runner.default_guidance_scale,
+                generator=[torch.Generator("cpu").manual_seed(r.seed) for r in requests],
+            )
+            finished = time.perf_counter()
+            outcomes += [Outcome(submitted, finished, 1) for _ in output.images]
+        return outcomes
+
+    def close(self) -> None:
+        self.probe.__exit__()
+
+
+def run_serve(settings: ServeSettings, log: Callable[[str], None] = logger.info) -> dict:
+    """Run every mode at every load point; return the report (see ``baton.bench.report`` for its files).
+
+    Each mode lives in its own process. On a CPU this is what makes the comparison fair: libgomp throttles the
+    spinning of every OpenMP team in a process once the process holds more pool threads than there are cores,
+    and four engines' worker threads in one process made every mode, the plain pipeline included, 3x slower.
+    Only one mode works at a time; the others wait on their pipes.
+    """
+    # 1. start every mode first, so loading never overlaps a measurement
+    workers: dict[str, _ModeProcess] = {}
+    results, timeline = [], {}
+    try:
+        for mode in settings.modes:
+            log(f"loading {settings.model} for {mode}")
+            workers[mode] = _ModeProcess(mode, settings)
+        device = workers[settings.modes[0]].call("device")
+        # 2. load points outermost, modes innermost: drift in the machine hits every mode alike
+        next_index = 0
+        for arrival, value in settings.load_points():
+            for mode, worker in workers.items():
+                if mode == "batched-ceiling" and arrival != "closed":
+                    continue  # "all prompts at once" has no meaning for open-loop arrivals
+                clients = int(value) if arrival == "closed" else 4
+                warmup = settings.warmup if settings.warmup is not None else max(2, clients)
+                row = worker.call("point", arrival, value, warmup, next_index)
+                next_index += warmup + settings.requests
+                results.append(row)
+                log(f"{mode:>15} {_point_label(arrival, value):>12}: {row['images_per_s']:.2f} images/s, "
+                    f"p50 {row['p50_s']:.3f} s, p95 {row['p95_s']:.3f} s, failed {row['failed']}")
+        add_ratios(results)
+        # 3. two overlapping requests, stacked against staged: where the time goes
+        if settings.timeline:
+            for mode in ("stacked", "staged-step"):
+                if mode in workers:
+                    timeline[mode] = workers[mode].call("timeline")
+    finally:
+        for worker in workers.values():
+            worker.stop()
+    return {
+        "benchmark": "serve",
+        "machine": describe_machine(device),
+        "settings": asdict(settings),
+        "results": results,
+        "timeline": timeline,
+    }
+
+
+class _ModeProcess:
+    """One mode's target in a child process, driven over a pipe: ``call(command, *args)`` returns its answer."""
+
+    def __init__(self, mode: str, settings: ServeSettings) -> None:
+        context = multiprocessing.get_context("spawn")
+        self._conn, child = context.Pipe()
+        self._process = context.Process(target=_serve_mode, args=(mode, settings, child), name=f"bench-{mode}",
+                                        daemon=True)
+        self._process.start()
+        child.close()
+        self.call("ready")
+
+    def call(self, command: str, *args: Any) -> Any:
+        self._conn.send((command, args))
+        status, answer = self._conn.recv()
+        if status == "error":
+            raise RuntimeError(f"the benchmark worker failed:\n{answer}")
+        return answer
+
+    def stop(self) -> None:
+        try:
+            self._conn.send(("stop", ()))
+        except OSError:
+            pass
+        self._process.join(timeout=60)
+        if self._process.is_alive():
+            self._process.kill()
+
+
+def _serve_mode(mode: str, settings: ServeSettings, conn: Connection) -> None:
+    """The child process: build the target, then answer commands until told to stop."""
+    logging.basicConfig(level=logging.WARNING)
+    try:
+        target = _CeilingTarget(settings) if mode == "batched-ceiling" else _EngineTarget(mode, settings)
+    except BaseException:
+        conn.send(("error", traceback.format_exc()))
+        return
+    try:
+        while True:
+            command, args = conn.recv()
+            if command == "stop":
+                return
+            try:
+                conn.send(("ok", _answer(target, mode, settings, command, args)))
+            except Exception:
+                conn.send(("error", traceback.format_exc()))
+    finally:
+        target.close()
+
+
+def _answer(target: _EngineTarget | _CeilingTarget, mode: str, settings: ServeSettings, command: str,
+            args: tuple) -> Any:
+    device = target.runner.device
+    if command == "ready":
+        return True
+    if command == "device":
+        return str(device)
+    if command == "point":
+        arrival, value, warmup, first_index = args
+        clients = int(value) if arrival == "closed" else 4
+        target.drive("closed", clients, warmup, first_index)
+        target.probe.take()
+        outcomes = target.drive(arrival, value, settings.requests, first_index + warmup)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        return summarize(mode, arrival, value, outcomes, target.probe.take())
+    if command == "timeline":
+        return record_timeline(target, device)
+    raise ValueError(f"unknown command {command!r}")
+
+
+def summarize(mode: str, arrival: str, value: float, outcomes: list[Outcome], spans: list[Span]) -> dict:
+    """One row of the results: throughput, latency percentiles, and what the denoiser did."""
+    served = [o for o in outcomes if o.error is None]
+    start = min(o.submitted for o in outcomes)
+    duration = max(o.finished for o in outcomes) - start
+    latencies = np.array([o.latency_s for o in served]) if served else np.array([math.nan])
+    images = sum(o.images for o in served)
+    forwards = [span for span in spans if span.component == "denoise"]
+    stages = [stage for stage in ("text_encode", "denoise", "vae_decode", "image_encode", "pipeline")
+              if any(stage in o.timings for o in served)]
+    return {
+        "mode": mode,
+        "concurrency": int(value) if arrival == "closed" else None,
+        "rate": value if arrival == "poisson" else None,
+        "arrival": arrival,
+        "requests": len(outcomes),
+        "failed": len(outcomes) - len(served),
+        "errors": sorted({o.error for o in outcomes if o.error is not None})[:5],
+        "images": images,
+        "duration_s": round(duration, 4),
+        "images_per_s": round(images / duration, 4),
+        "p50_s": round(float(np.percentile(latencies, 50)), 4),
+        "p95_s": round(float(np.percentile(latencies, 95)), 4),
+        "p99_s": round(float(np.percentile(latencies, 99)), 4),
+        "mean_s": round(float(latencies.mean()), 4),
+        "denoiser_forwards": len(forwards),
+        "denoiser_rows_per_forward": round(float(np.mean([s.rows for s in forwards])), 2) if forwards else None,
+        "denoiser_busy": round(sum(s.seconds for s in forwards) / duration, 4),
+        "queue_wait_s": {
+            stage: round(float(np.mean([o.timings[stage].queue_wait_s for o in served if stage in o.timings])), 4)
+            for stage in stages
+        },
+        "stage_run_s": {
+            stage: round(float(np.mean([o.timings[stage].run_s for o in served if stage in o.timings])), 4)
+            for stage in stages
+        },
+    }
+
+
+def add_ratios(results: list[dict]) -> None:
+    """Throughput relative to stacked and to the batched ceiling at the same load point."""
+    def point(row: dict) -> tuple:
+        return row["arrival"], row["concurrency"], row["rate"]
+
+    by_mode = {(row["mode"], point(row)): row for row in results}
+    for row in results:
+        for reference, key in (("stacked", "vs_stacked"), ("batched-ceiling", "vs_ceiling")):
+            other = by_mode.get((reference, point(row)))
+            row[key] = round(row["images_per_s"] / other["images_per_s"], 3) if other else None
+
+
+def record_timeline(target: _EngineTarget, device: torch.device) -> dict:
+    """Request 2 arrives a third of the way into request 1: when does each stage run, and when is each done?"""
+    alone = target.drive("closed", 1, 1, _TIMELINE_INDEX)[0].latency_s
+    offset = alone / 3
+    target.probe.take()
+    origin = mark_now(device)
+    finished: list[float] = [0.0, 0.0]
+    submitted = []
+    futures = []
+    for i in range(2):
+        if i:
+            time.sleep(offset)
+        submitted.append(time.perf_counter())
+        future = target.submit(_TIMELINE_INDEX + 1 + i)
+        future.add_done_callback(lambda _, i=i: finished.__setitem__(i, time.perf_counter()))
+        futures.append(future)
+    for future in futures:
+        future.result()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    spans = target.probe.take()
+    return {
+        "requests": [
+            {"name": f"request {i + 1}", "submitted_s": round(submitted[i] - origin.wall, 5),
+             "finished_s": round(finished[i] - origin.wall, 5)}
+            for i in range(2)
+        ],
+        "spans": [
+            {"component": s.component, "start_s": round(elapsed_s(origin, s.start), 5),
+             "end_s": round(elapsed_s(origin, s.end), 5), "rows": s.rows}
+            for s in spans
+        ],
+    }
+
+
+def _point_label(arrival: str, value: float) -> str:
+    return f"{int(value)} clients" if arrival == "closed" else f"{value:g} req/s"
