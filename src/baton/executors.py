@@ -41,7 +41,7 @@ class StagedExecutor:
         self.image_stage = ImageEncodeStage(StageConfig(cpu_threads=1), workers=config.image_workers, **common)
         self.stages: list[Stage] = [
             TextEncodeStage(config.encode, **common),
-            DenoiseStage(config.denoise, **common),
+            DenoiseStage(config.denoise, decode_here=_decode_in_denoiser(config, device), **common),
             VaeDecodeStage(config.decode, **common),
             self.image_stage,
         ]
@@ -124,6 +124,10 @@ class StackedExecutor:
             job.fail(StageError(self.name, exc))
             return
         complete(job, result)
+
+
+def _decode_in_denoiser(config: EngineConfig, device: torch.device) -> bool:
+    return config.decode_in_denoiser if config.decode_in_denoiser is not None else device.type == "cpu"
 
 
 def _remaining(deadline: float | None) -> float | None:

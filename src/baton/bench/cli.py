@@ -28,6 +28,8 @@ def add_bench_parser(commands: argparse._SubParsersAction, size_type) -> None:
     serve.add_argument("--rate", type=_floats, default=None,
                        help="Poisson arrival rates in requests/s (replaces the closed loop), e.g. 2,4,8")
     serve.add_argument("--requests", type=int, default=32, help="measured requests per mode and load point")
+    serve.add_argument("--rounds", type=int, default=1,
+                       help="repeat the whole sweep this many times, interleaved, and pool the rounds")
     serve.add_argument("--warmup", type=int, default=None, help="unmeasured requests before each point")
     serve.add_argument("--steps", type=int, default=20)
     serve.add_argument("--size", type=size_type, default=(128, 128), help="WIDTHxHEIGHT")
@@ -55,6 +57,7 @@ def _serve(args: argparse.Namespace) -> int:
         concurrency=tuple(args.concurrency),
         rates=tuple(args.rate or ()),
         requests=args.requests,
+        rounds=args.rounds,
         steps=args.steps,
         width=args.size[0],
         height=args.size[1],

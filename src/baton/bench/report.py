@@ -22,7 +22,8 @@ def serve_markdown(report: dict) -> str:
         f"### baton bench serve: `{settings['model']}` {settings['width']}x{settings['height']}, "
         f"{settings['steps']} steps, {settings['dtype']} on {machine['device']} ({device})",
         "",
-        f"{settings['requests']} measured requests per point after warm-up; torch {machine['torch']}, "
+        f"{settings['requests']} measured requests per mode and point after warm-up, {settings['rounds']} "
+        f"interleaved round(s); torch {machine['torch']}, "
         f"diffusers {machine['diffusers']}; {machine['created']}; `{machine['command']}`",
         "",
         "| mode | load | images/s | × stacked | × ceiling | p50 s | p95 s | p99 s | denoiser rows/forward "

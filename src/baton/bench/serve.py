@@ -68,6 +68,9 @@ class ServeSettings:
     rates: tuple[float, ...] = ()
     """Poisson arrival rates (requests/s). When given, they replace the closed-loop concurrency sweep."""
     requests: int = 32
+    """Measured requests per mode, load point and round."""
+    rounds: int = 1
+    """Times the whole sweep is repeated, interleaved; rows pool every round (a noisy machine needs several)."""
     steps: int = 20
     width: int = 128
     height: int = 128
@@ -88,8 +91,9 @@ class ServeSettings:
             raise ValueError(f"`--concurrency` must be integers >= 1, got {list(self.concurrency)}")
         if any(r <= 0 for r in self.rates):
             raise ValueError(f"`--rate` must be positive numbers, got {list(self.rates)}")
-        if self.requests < 1 or self.steps < 1:
-            raise ValueError(f"`--requests` and `--steps` must be >= 1, got {self.requests} and {self.steps}")
+        if self.requests < 1 or self.steps < 1 or self.rounds < 1:
+            raise ValueError(f"`--requests`, `--steps` and `--rounds` must be >= 1, got {self.requests}, "
+                             f"{self.steps} and {self.rounds}")
 
     def request(self, index: int) -> GenerationRequest:
         return GenerationRequest(
@@ -193,19 +197,22 @@ def run_serve(settings: ServeSettings, log: Callable[[str], None] = logger.info)
             log(f"loading {settings.model} for {mode}")
             workers[mode] = _ModeProcess(mode, settings)
         device = workers[settings.modes[0]].call("device")
-        # 2. load points outermost, modes innermost: drift in the machine hits every mode alike
+        # 2. rounds, then load points, then modes innermost: drift in the machine hits every mode alike
+        rounds: dict[tuple[str, str, float], list[dict]] = {}
         next_index = 0
-        for arrival, value in settings.load_points():
-            for mode, worker in workers.items():
-                if mode == "batched-ceiling" and arrival != "closed":
-                    continue  # "all prompts at once" has no meaning for open-loop arrivals
-                clients = int(value) if arrival == "closed" else 4
-                warmup = settings.warmup if settings.warmup is not None else max(2, clients)
-                row = worker.call("point", arrival, value, warmup, next_index)
-                next_index += warmup + settings.requests
-                results.append(row)
-                log(f"{mode:>15} {_point_label(arrival, value):>12}: {row['images_per_s']:.2f} images/s, "
-                    f"p50 {row['p50_s']:.3f} s, p95 {row['p95_s']:.3f} s, failed {row['failed']}")
+        for round_index in range(settings.rounds):
+            for arrival, value in settings.load_points():
+                for mode, worker in workers.items():
+                    if mode == "batched-ceiling" and arrival != "closed":
+                        continue  # "all prompts at once" has no meaning for open-loop arrivals
+                    clients = int(value) if arrival == "closed" else 4
+                    warmup = settings.warmup if settings.warmup is not None else max(2, clients)
+                    measured = worker.call("point", arrival, value, warmup, next_index)
+                    next_index += warmup + settings.requests
+                    rounds.setdefault((mode, arrival, value), []).append(measured)
+                    log(f"round {round_index + 1}/{settings.rounds} {mode:>15} {_point_label(arrival, value):>12}: "
+                        f"{measured['images'] / measured['duration_s']:.2f} images/s")
+        results = [summarize(mode, arrival, value, measured) for (mode, arrival, value), measured in rounds.items()]
         add_ratios(results)
         # 3. two overlapping requests, stacked against staged: where the time goes
         if settings.timeline:
@@ -289,48 +296,64 @@ def _answer(target: _EngineTarget | _CeilingTarget, mode: str, settings: ServeSe
         outcomes = target.drive(arrival, value, settings.requests, first_index + warmup)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
-        return summarize(mode, arrival, value, outcomes, target.probe.take())
+        return measure(outcomes, target.probe.take())
     if command == "timeline":
         return record_timeline(target, device)
     raise ValueError(f"unknown command {command!r}")
 
 
-def summarize(mode: str, arrival: str, value: float, outcomes: list[Outcome], spans: list[Span]) -> dict:
-    """One row of the results: throughput, latency percentiles, and what the denoiser did."""
+def measure(outcomes: list[Outcome], spans: list[Span]) -> dict:
+    """The raw numbers of one round at one load point (merged over rounds by :func:`summarize`)."""
     served = [o for o in outcomes if o.error is None]
-    start = min(o.submitted for o in outcomes)
-    duration = max(o.finished for o in outcomes) - start
-    latencies = np.array([o.latency_s for o in served]) if served else np.array([math.nan])
-    images = sum(o.images for o in served)
     forwards = [span for span in spans if span.component == "denoise"]
-    stages = [stage for stage in ("text_encode", "denoise", "vae_decode", "image_encode", "pipeline")
-              if any(stage in o.timings for o in served)]
+    stages = ("text_encode", "denoise", "vae_decode", "image_encode", "pipeline")
+    return {
+        "requests": len(outcomes),
+        "errors": [o.error for o in outcomes if o.error is not None],
+        "images": sum(o.images for o in served),
+        "duration_s": max(o.finished for o in outcomes) - min(o.submitted for o in outcomes),
+        "latencies_s": [o.latency_s for o in served],
+        "forwards": len(forwards),
+        "rows": sum(span.rows for span in forwards),
+        "busy_s": sum(span.seconds for span in forwards),
+        "queue_wait_s": {st: [o.timings[st].queue_wait_s for o in served if st in o.timings] for st in stages},
+        "run_s": {st: [o.timings[st].run_s for o in served if st in o.timings] for st in stages},
+    }
+
+
+def summarize(mode: str, arrival: str, value: float, rounds: list[dict]) -> dict:
+    """One row of the results: throughput, latency percentiles and what the denoiser did, over all rounds."""
+    duration = sum(r["duration_s"] for r in rounds)
+    latencies = np.array([x for r in rounds for x in r["latencies_s"]] or [math.nan])
+    errors = [e for r in rounds for e in r["errors"]]
+    forwards = sum(r["forwards"] for r in rounds)
+
+    def mean_by_stage(key: str) -> dict[str, float]:
+        merged = {stage: [x for r in rounds for x in r[key][stage]] for stage in rounds[0][key]}
+        return {stage: round(float(np.mean(values)), 4) for stage, values in merged.items() if values}
+
     return {
         "mode": mode,
         "concurrency": int(value) if arrival == "closed" else None,
         "rate": value if arrival == "poisson" else None,
         "arrival": arrival,
-        "requests": len(outcomes),
-        "failed": len(outcomes) - len(served),
-        "errors": sorted({o.error for o in outcomes if o.error is not None})[:5],
-        "images": images,
+        "rounds": len(rounds),
+        "requests": sum(r["requests"] for r in rounds),
+        "failed": len(errors),
+        "errors": sorted(set(errors))[:5],
+        "images": sum(r["images"] for r in rounds),
         "duration_s": round(duration, 4),
-        "images_per_s": round(images / duration, 4),
+        "images_per_s": round(sum(r["images"] for r in rounds) / duration, 4),
+        "images_per_s_by_round": [round(r["images"] / r["duration_s"], 4) for r in rounds],
         "p50_s": round(float(np.percentile(latencies, 50)), 4),
         "p95_s": round(float(np.percentile(latencies, 95)), 4),
         "p99_s": round(float(np.percentile(latencies, 99)), 4),
         "mean_s": round(float(latencies.mean()), 4),
-        "denoiser_forwards": len(forwards),
-        "denoiser_rows_per_forward": round(float(np.mean([s.rows for s in forwards])), 2) if forwards else None,
-        "denoiser_busy": round(sum(s.seconds for s in forwards) / duration, 4),
-        "queue_wait_s": {
-            stage: round(float(np.mean([o.timings[stage].queue_wait_s for o in served if stage in o.timings])), 4)
-            for stage in stages
-        },
-        "stage_run_s": {
-            stage: round(float(np.mean([o.timings[stage].run_s for o in served if stage in o.timings])), 4)
-            for stage in stages
-        },
+        "denoiser_forwards": forwards,
+        "denoiser_rows_per_forward": round(sum(r["rows"] for r in rounds) / forwards, 2) if forwards else None,
+        "denoiser_busy": round(sum(r["busy_s"] for r in rounds) / duration, 4),
+        "queue_wait_s": mean_by_stage("queue_wait_s"),
+        "stage_run_s": mean_by_stage("run_s"),
     }
 
 

@@ -98,11 +98,14 @@ class Stage(ABC):
 
     def hand_on(self, job: Job) -> None:
         """This stage is done with ``job``: close its record and pass it to the next stage."""
-        record = job.records[self.name]
-        record.finished = self.stream.mark()
-        job.ready = self.stream.record()
+        self.close_record(job)
         if self.next_stage is not None:
             self.next_stage.put(job)
+
+    def close_record(self, job: Job) -> None:
+        """Mark ``job`` done here: when (on the host and the stream), and the event its tensors are ready at."""
+        job.records[self.name].finished = self.stream.mark()
+        job.ready = self.stream.record()
 
     def _work(self) -> None:
         try:
@@ -164,6 +167,14 @@ class BatchStage(Stage):
     def _serve(self) -> None:
         while (batch := self._next_batch()) is not None:
             self._execute(batch)
+
+    def run_now(self, jobs: list[Job]) -> None:
+        """Run ``jobs`` as one batch on the calling thread, skipping this stage's queue (see
+        ``EngineConfig.decode_in_denoiser``); they are handed on, or failed, as from the queue."""
+        now = time.perf_counter()
+        for job in jobs:
+            job.enter(self.name, now)
+        self._execute(jobs)
 
     def _execute(self, batch: list[Job]) -> None:
         live = []

@@ -24,7 +24,7 @@ from baton.config import DenoiseConfig
 from baton.errors import EngineClosedError, StageError
 from baton.models.runner import Conditioning
 from baton.scheduling import Running, StepPolicy, Waiting
-from baton.stages.base import IDLE_POLL_S, Stage
+from baton.stages.base import IDLE_POLL_S, BatchStage, Stage
 from baton.stages.job import Job
 
 logger = logging.getLogger(__name__)
@@ -61,8 +61,10 @@ class DenoiseStage(Stage):
     name = "denoise"
     config: DenoiseConfig
 
-    def __init__(self, config: DenoiseConfig, *args, **kwargs) -> None:
+    def __init__(self, config: DenoiseConfig, *args, decode_here: bool = False, **kwargs) -> None:
         super().__init__(config, *args, **kwargs)
+        self.decode_here = decode_here
+        """Decode finished requests on this thread instead of handing them to the decoder's queue (CPU)."""
         self.policy = StepPolicy(
             max_rows=config.max_rows,
             max_wait_s=config.max_wait_s,
@@ -144,14 +146,24 @@ class DenoiseStage(Stage):
         for state in group:
             state.last_ran_at = now
             state.images_alongside += images
-        for state in group:
-            if state.finished and not state.job.done:
-                self._running.remove(state)
-                state.job.records[self.name].batch_images = round(state.images_alongside / state.index, 2)
-                state.job.latents = state.latents
-                self.hand_on(state.job)
+        finished = [state for state in group if state.finished and not state.job.done]
+        for state in finished:
+            self._running.remove(state)
+            state.job.records[self.name].batch_images = round(state.images_alongside / state.index, 2)
+            state.job.latents = state.latents
+        if finished:
+            self._hand_on_finished([state.job for state in finished])
         if not any(state.key == group[0].key for state in self._running):
             self._conditioning.pop(group[0].key, None)  # nothing of this key runs: free its concatenated rows
+
+    def _hand_on_finished(self, jobs: list[Job]) -> None:
+        if not (self.decode_here and isinstance(self.next_stage, BatchStage)):
+            for job in jobs:
+                self.hand_on(job)
+            return
+        for job in jobs:
+            self.close_record(job)
+        self.next_stage.run_now(jobs)
 
     def _group_conditioning(self, group: list[DenoiseState]) -> Conditioning:
         members = tuple(id(state) for state in group)
