@@ -169,7 +169,9 @@ def _single_rows(timeline: dict) -> int:
 
 
 def _load(row: dict) -> str:
-    return f"{row['concurrency']} clients" if row["arrival"] == "closed" else f"{row['rate']:g} req/s"
+    if row["arrival"] != "closed":
+        return f"{row['rate']:g} req/s"
+    return f"{row['concurrency']} client{'s' if row['concurrency'] != 1 else ''}"
 
 
 def _ratio(value: float | None) -> str:

@@ -405,4 +405,4 @@ def record_timeline(target: _EngineTarget, device: torch.device) -> dict:
 
 
 def _point_label(arrival: str, value: float) -> str:
-    return f"{int(value)} clients" if arrival == "closed" else f"{value:g} req/s"
+    return f"{int(value)} client{'s' if int(value) != 1 else ''}" if arrival == "closed" else f"{value:g} req/s"
