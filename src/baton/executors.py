@@ -34,17 +34,25 @@ class Executor(Protocol):
 
 
 class StagedExecutor:
-    """Four stages on their own threads, linked by bounded queues: encode → denoise → decode → image encode."""
+    """The stages on their own threads, linked by bounded queues: encode → denoise → decode → image encode.
+
+    With ``EngineConfig.fused_stages`` (the default on a CPU) text encoding and VAE decoding run on the denoiser's
+    thread instead, as requests are admitted and as they finish: denoise → image encode.
+    """
 
     def __init__(self, config: EngineConfig, device: torch.device, abort: threading.Event, on_death: DeathHandler):
         common = dict(device=device, queue_size=config.stage_queue_size, abort=abort, on_death=on_death)
         self.image_stage = ImageEncodeStage(StageConfig(cpu_threads=1), workers=config.image_workers, **common)
-        self.stages: list[Stage] = [
-            TextEncodeStage(config.encode, **common),
-            DenoiseStage(config.denoise, decode_here=_decode_in_denoiser(config, device), **common),
-            VaeDecodeStage(config.decode, **common),
-            self.image_stage,
-        ]
+        encoder = TextEncodeStage(config.encode, **common)
+        decoder = VaeDecodeStage(config.decode, **common)
+        fused = config.fused_stages if config.fused_stages is not None else device.type == "cpu"
+        if fused:
+            self.denoiser = DenoiseStage(config.denoise, encoder=encoder, decoder=decoder, **common)
+            decoder.next_stage = self.image_stage  # the encoder hands nothing on: the denoiser called it
+            self.stages: list[Stage] = [self.denoiser, self.image_stage]
+        else:
+            self.denoiser = DenoiseStage(config.denoise, **common)
+            self.stages = [encoder, self.denoiser, decoder, self.image_stage]
         for upstream, downstream in zip(self.stages, self.stages[1:]):
             upstream.next_stage = downstream
 
@@ -124,10 +132,6 @@ class StackedExecutor:
             job.fail(StageError(self.name, exc))
             return
         complete(job, result)
-
-
-def _decode_in_denoiser(config: EngineConfig, device: torch.device) -> bool:
-    return config.decode_in_denoiser if config.decode_in_denoiser is not None else device.type == "cpu"
 
 
 def _remaining(deadline: float | None) -> float | None:

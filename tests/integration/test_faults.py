@@ -14,24 +14,26 @@ def _slow(prompt="slow", steps=60, **fields):
     return dict(prompt=prompt, width=64, height=64, steps=steps, **fields)
 
 
-def test_a_stage_that_raises_fails_only_its_batch_and_keeps_serving():
-    with batching_engine() as engine:
+@pytest.mark.parametrize("fused", [True, False])
+@pytest.mark.parametrize(("method", "stage"), [("decode", "vae_decode"), ("encode_prompts", "text_encode")])
+def test_a_stage_that_raises_fails_only_its_batch_and_keeps_serving(method, stage, fused):
+    with batching_engine(fused_stages=fused) as engine:
         runner = engine.runners["tiny-sd15"]
-        original = runner.decode
+        original = getattr(runner, method)
         calls = {"n": 0}
 
-        def flaky_decode(latents):
+        def flaky(*args):
             calls["n"] += 1
             if calls["n"] == 1:
-                raise RuntimeError("injected VAE failure")
-            return original(latents)
+                raise RuntimeError("injected failure")
+            return original(*args)
 
-        runner.decode = flaky_decode
+        setattr(runner, method, flaky)
         first = [engine.submit(prompt=f"p{i}", width=64, height=64, steps=2, seed=i) for i in range(3)]
         wait(first, timeout=60)
         errors = [f.exception() for f in first]
-        assert all(isinstance(e, StageError) and e.stage == "vae_decode" for e in errors)
-        assert "injected VAE failure" in str(errors[0]) and isinstance(errors[0].__cause__, RuntimeError)
+        assert all(isinstance(e, StageError) and e.stage == stage for e in errors)
+        assert "injected failure" in str(errors[0]) and isinstance(errors[0].__cause__, RuntimeError)
 
         later = engine.submit(prompt="after", width=64, height=64, steps=2, seed=9)
         assert len(later.result(60).images) == 1
@@ -91,7 +93,7 @@ def test_admission_is_bounded():
 
 def test_a_dead_worker_fails_everything_and_refuses_new_work():
     engine = Engine(models="tiny-sd15", device="cpu", denoise=DenoiseConfig(max_wait_s=0.0))
-    denoise = engine._executor.stages[1]
+    denoise = engine._executor.denoiser
 
     def broken_key(job):  # a bug in the mechanism, outside any batch: the worker itself dies
         raise RuntimeError("scheduler bug")

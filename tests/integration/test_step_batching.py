@@ -15,7 +15,7 @@ SMALL = dict(width=64, height=64, output_format="np")
 
 
 def denoise_inbox(engine: Engine):
-    return engine._executor.stages[1].inbox
+    return engine._executor.denoiser.inbox
 
 
 def wait_until_queued_at_denoise(engine: Engine, count: int = 1, timeout: float = 30.0) -> None:

@@ -1,5 +1,5 @@
-"""On a CPU only the denoiser's worker runs a multi-threaded intra-op pool (see StageConfig.cpu_threads), and it
-decodes too (EngineConfig.decode_in_denoiser), so no two OpenMP pools compete for the cores."""
+"""On a CPU only one thread runs a multi-threaded intra-op pool: the denoiser's, which by default also encodes and
+decodes (EngineConfig.fused_stages), so no two OpenMP pools compete for the cores."""
 
 import threading
 
@@ -9,13 +9,11 @@ import torch
 from baton import Engine
 
 
-@pytest.mark.parametrize(
-    ("decode_in_denoiser", "decoder_thread"), [(None, "baton-denoise"), (False, "baton-vae_decode")]
-)
-def test_each_stage_runs_with_its_configured_cpu_threads(decode_in_denoiser, decoder_thread):
+@pytest.mark.parametrize("fused", [None, False])
+def test_each_model_runs_on_the_expected_thread_with_its_cpu_threads(fused):
     default = torch.get_num_threads()
     seen = {}
-    with Engine(models="tiny-sd15", device="cpu", decode_in_denoiser=decode_in_denoiser) as engine:
+    with Engine(models="tiny-sd15", device="cpu", fused_stages=fused) as engine:
         pipeline = engine.runners["tiny-sd15"].pipeline
         for name, module in (("text_encode", pipeline.text_encoder), ("denoise", pipeline.unet),
                              ("vae_decode", pipeline.vae.decoder)):
@@ -24,11 +22,12 @@ def test_each_stage_runs_with_its_configured_cpu_threads(decode_in_denoiser, dec
                                                               torch.get_num_threads()))
             )
         result = engine.generate(prompt="a fox", width=64, height=64, steps=2)
-    decoder_threads = default if decoder_thread == "baton-denoise" else 1
-    assert seen == {
-        "text_encode": ("baton-text_encode", 1),
-        "denoise": ("baton-denoise", default),
-        "vae_decode": (decoder_thread, decoder_threads),
-    }
-    assert result.timings["vae_decode"].run_s > 0  # decoded on either thread, its timing is recorded
+    if fused is None:  # the CPU default: everything on the denoiser's thread and pool
+        expected = {stage: ("baton-denoise", default) for stage in ("text_encode", "denoise", "vae_decode")}
+    else:
+        expected = {"text_encode": ("baton-text_encode", 1), "denoise": ("baton-denoise", default),
+                    "vae_decode": ("baton-vae_decode", 1)}
+    assert seen == expected
+    assert list(result.timings) == ["text_encode", "denoise", "vae_decode", "image_encode"]
+    assert all(result.timings[stage].run_s > 0 for stage in ("text_encode", "vae_decode"))
     assert torch.get_num_threads() == default  # the caller's own thread is left as it was

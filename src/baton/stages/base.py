@@ -170,7 +170,7 @@ class BatchStage(Stage):
 
     def run_now(self, jobs: list[Job]) -> None:
         """Run ``jobs`` as one batch on the calling thread, skipping this stage's queue (see
-        ``EngineConfig.decode_in_denoiser``); they are handed on, or failed, as from the queue."""
+        ``EngineConfig.fused_stages``); they are handed on, or failed, as from the queue."""
         now = time.perf_counter()
         for job in jobs:
             job.enter(self.name, now)

@@ -61,10 +61,19 @@ class DenoiseStage(Stage):
     name = "denoise"
     config: DenoiseConfig
 
-    def __init__(self, config: DenoiseConfig, *args, decode_here: bool = False, **kwargs) -> None:
+    def __init__(
+        self,
+        config: DenoiseConfig,
+        *args,
+        encoder: BatchStage | None = None,
+        decoder: BatchStage | None = None,
+        **kwargs,
+    ) -> None:
         super().__init__(config, *args, **kwargs)
-        self.decode_here = decode_here
-        """Decode finished requests on this thread instead of handing them to the decoder's queue (CPU)."""
+        # Fused stages (EngineConfig.fused_stages): encode requests as they are admitted and decode them as they
+        # finish, on this thread, instead of through the other stages' queues and threads.
+        self.encoder = encoder
+        self.decoder = decoder
         self.policy = StepPolicy(
             max_rows=config.max_rows,
             max_wait_s=config.max_wait_s,
@@ -121,8 +130,12 @@ class DenoiseStage(Stage):
             return
         chosen = {id(entry) for entry in entries}
         self._waiting = [entry for entry in self._waiting if id(entry) not in chosen]
+        if self.encoder is not None:
+            self._encode_here([entry.item for entry in entries])
         for entry in entries:
             job = entry.item
+            if job.done:  # its encoding failed
+                continue
             try:
                 state = self._start(job, entry.key)
             except Exception as exc:
@@ -157,13 +170,21 @@ class DenoiseStage(Stage):
             self._conditioning.pop(group[0].key, None)  # nothing of this key runs: free its concatenated rows
 
     def _hand_on_finished(self, jobs: list[Job]) -> None:
-        if not (self.decode_here and isinstance(self.next_stage, BatchStage)):
+        if self.decoder is None:
             for job in jobs:
                 self.hand_on(job)
             return
         for job in jobs:
             self.close_record(job)
-        self.next_stage.run_now(jobs)
+        self.decoder.run_now(jobs)  # one key, so one latent size: one decoder batch
+
+    def _encode_here(self, jobs: list[Job]) -> None:
+        """Fused stages: encode the prompts of newly admitted requests, one batch per model."""
+        by_model: dict[str, list[Job]] = {}
+        for job in jobs:
+            by_model.setdefault(job.runner.name, []).append(job)
+        for group in by_model.values():
+            self.encoder.run_now(group)  # a failure fails only these requests (StageError), as in its own thread
 
     def _group_conditioning(self, group: list[DenoiseState]) -> Conditioning:
         members = tuple(id(state) for state in group)

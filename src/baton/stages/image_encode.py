@@ -55,7 +55,10 @@ def build_result(job: Job, pixels: torch.Tensor) -> GenerationResult:
 
 def complete(job: Job, result: GenerationResult) -> None:
     """Attach timings and settle the request's future."""
-    result.timings = {stage: record.timing() for stage, record in job.records.items()}
+    # pipeline order, whichever thread ran a stage (fused stages enter text_encode after denoise's queue)
+    order = {stage: i for i, stage in enumerate(("text_encode", "pipeline", "denoise", "vae_decode", STAGE_NAME))}
+    stages = sorted(job.records, key=lambda stage: order.get(stage, len(order)))
+    result.timings = {stage: job.records[stage].timing() for stage in stages}
     result.latency_s = time.perf_counter() - job.submitted_at
     job.finish(result)
 
