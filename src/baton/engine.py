@@ -11,6 +11,7 @@ import asyncio
 import dataclasses
 import logging
 import secrets
+import sys
 import threading
 import time
 import uuid
@@ -62,7 +63,10 @@ class Engine:
             self.runners[name] = runner
         self.default_model = self.config.models[0]
 
-        # 2. start the workers
+        # 2. start the workers (with a short GIL switch interval: see EngineConfig.gil_switch_interval_s)
+        self._previous_switch_interval = sys.getswitchinterval()
+        if self.config.gil_switch_interval_s is not None:
+            sys.setswitchinterval(self.config.gil_switch_interval_s)
         executor_class = StagedExecutor if self.config.mode == "staged" else StackedExecutor
         self._executor: Executor = executor_class(self.config, self.device, self._abort, self._on_worker_death)
         self._executor.start()
@@ -198,6 +202,8 @@ class Engine:
             logger.warning("workers did not stop within %s s; failing what is left", timeout)
             self._abort.set()
         self._fail_all(EngineClosedError())
+        if self.config.gil_switch_interval_s is not None:
+            sys.setswitchinterval(self._previous_switch_interval)
 
     def __enter__(self) -> Engine:
         return self

@@ -25,3 +25,16 @@ def test_bench_serve_runs_every_mode_and_writes_json_markdown_and_charts(tmp_pat
         assert (tmp_path / "charts" / name).read_bytes()[:4] == b"\x89PNG"
     stdout = capsys.readouterr().out
     assert "| staged-step | 2 clients |" in stdout
+
+
+def test_bench_serve_with_poisson_arrivals(tmp_path):
+    code = main(["bench", "serve", "--modes", "stacked,staged-step,batched-ceiling", "--rate", "20", "--requests",
+                 "3", "--warmup", "1", "--steps", "2", "--size", "64x64", "--no-timeline", "--out", str(tmp_path)])
+    assert code == 0
+    report = json.loads((tmp_path / "serve.json").read_text())
+    # the ceiling has no meaning for open-loop arrivals and is left out
+    assert [(r["mode"], r["arrival"], r["rate"], r["concurrency"]) for r in report["results"]] == [
+        ("stacked", "poisson", 20.0, None), ("staged-step", "poisson", 20.0, None)
+    ]
+    assert all(r["failed"] == 0 and r["images"] == 3 for r in report["results"])
+    assert report["timeline"] == {} and (tmp_path / "serve.md").exists() and (tmp_path / "serve.png").exists()

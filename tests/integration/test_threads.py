@@ -31,3 +31,13 @@ def test_each_model_runs_on_the_expected_thread_with_its_cpu_threads(fused):
     assert list(result.timings) == ["text_encode", "denoise", "vae_decode", "image_encode"]
     assert all(result.timings[stage].run_s > 0 for stage in ("text_encode", "vae_decode"))
     assert torch.get_num_threads() == default  # the caller's own thread is left as it was
+
+
+def test_the_engine_shortens_the_gil_switch_interval_while_it_runs():
+    import sys
+
+    before = sys.getswitchinterval()
+    engine = Engine(models="tiny-sd15", device="cpu", gil_switch_interval_s=0.0007)
+    assert sys.getswitchinterval() == pytest.approx(0.0007)
+    engine.close()
+    assert sys.getswitchinterval() == pytest.approx(before)

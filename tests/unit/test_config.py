@@ -13,6 +13,7 @@ from baton.device import resolve_device, resolve_dtype
         ({"max_queue": 0}, "max_queue"),
         ({"stage_queue_size": 0}, "stage_queue_size"),
         ({"image_workers": 0}, "image_workers"),
+        ({"gil_switch_interval_s": 0.0}, "gil_switch_interval_s"),
         ({"models": ()}, "models"),
     ],
 )

@@ -5,7 +5,8 @@ key (model, latent size, dtype) runs; the mechanism here carries that out. Each 
 scheduler (diffusers schedulers are stateful), its own step index, step count, guidance scale and sampler, so
 requests that differ in these share every forward: timesteps go to the model per row, and guidance is combined
 per request. A request whose steps are done leaves at once and goes on to decoding. Nothing in the step loop
-reads a device value back to the host.
+reads a device value back to the host. With fused stages (the CPU default) this thread also encodes requests as
+it admits them and decodes them as it hands them on.
 """
 
 from __future__ import annotations
@@ -124,6 +125,9 @@ class DenoiseStage(Stage):
         """Requests cancelled by their callers leave here, at a step boundary, freeing their rows."""
         self._running = [state for state in self._running if not state.job.done]
         self._waiting = [entry for entry in self._waiting if not entry.item.done]
+        running_keys = {state.key for state in self._running}
+        for key in [key for key in self._conditioning if key not in running_keys]:
+            del self._conditioning[key]  # nothing of this key runs any more: free its concatenated rows
 
     def _admit(self, entries: list[Waiting[Job]]) -> None:
         if not entries:
@@ -166,8 +170,6 @@ class DenoiseStage(Stage):
             state.job.latents = state.latents
         if finished:
             self._hand_on_finished([state.job for state in finished])
-        if not any(state.key == group[0].key for state in self._running):
-            self._conditioning.pop(group[0].key, None)  # nothing of this key runs: free its concatenated rows
 
     def _hand_on_finished(self, jobs: list[Job]) -> None:
         if self.decoder is None:
