@@ -133,7 +133,9 @@ def _print_timings(result, engine_info: dict) -> None:
     table.add_column("run (ms)", justify="right")
     table.add_column("batch (images)", justify="right")
     for stage, timing in result.timings.items():
-        table.add_row(stage, f"{timing.queue_wait_s * 1e3:.1f}", f"{timing.run_s * 1e3:.1f}", f"{timing.batch_images:g}")
+        table.add_row(
+            stage, f"{timing.queue_wait_s * 1e3:.1f}", f"{timing.run_s * 1e3:.1f}", f"{timing.batch_images:g}"
+        )
     table.add_section()
     table.add_row("end to end", "", f"{result.latency_s * 1e3:.1f}", "")
     console.print(table)
