@@ -174,13 +174,17 @@ class Engine:
 
     def describe(self) -> dict[str, Any]:
         """What this engine runs, for ``baton info`` and servers."""
-        return {
+        described: dict[str, Any] = {
             "mode": self.config.mode,
             "device": str(self.device),
             "dtype": str(self.dtype).removeprefix("torch."),
             "models": [runner.describe() for runner in self.runners.values()],
             "schedulers": list(SCHEDULER_NAMES),
         }
+        if self.config.mode == "staged":
+            described["denoise"] = dataclasses.asdict(self.config.denoise)
+            described["fused_stages"] = getattr(self._executor, "fused", False)
+        return described
 
     # -- shutting down --------------------------------------------------------------------------------------------
     def close(self, drain: bool = True, timeout: float | None = None) -> None:

@@ -46,6 +46,7 @@ class StagedExecutor:
         encoder = TextEncodeStage(config.encode, **common)
         decoder = VaeDecodeStage(config.decode, **common)
         fused = config.fused_stages if config.fused_stages is not None else device.type == "cpu"
+        self.fused = fused
         if fused:
             self.denoiser = DenoiseStage(config.denoise, encoder=encoder, decoder=decoder, **common)
             decoder.next_stage = self.image_stage  # the encoder hands nothing on: the denoiser called it

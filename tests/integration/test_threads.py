@@ -41,3 +41,11 @@ def test_the_engine_shortens_the_gil_switch_interval_while_it_runs():
     assert sys.getswitchinterval() == pytest.approx(0.0007)
     engine.close()
     assert sys.getswitchinterval() == pytest.approx(before)
+
+
+def test_describe_reports_the_scheduling_and_placement_choices():
+    with Engine(models="tiny-sd15", device="cpu") as engine:
+        described = engine.describe()
+    assert described["denoise"]["batching"] == "step" and described["denoise"]["max_rows"] == 16
+    assert described["fused_stages"] is True  # the CPU default
+    assert described["models"][0]["batch_invariant"] is True

@@ -209,5 +209,6 @@ class ModelRunner(ABC):
             "device": str(self.device),
             "dtype": str(self.dtype).removeprefix("torch."),
             "default_size": self.default_size,
+            "batch_invariant": self.batch_invariant,
             "parameters": parameters,
         }
