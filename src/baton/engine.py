@@ -64,12 +64,17 @@ class Engine:
         self.default_model = self.config.models[0]
 
         # 2. start the workers (with a short GIL switch interval: see EngineConfig.gil_switch_interval_s)
-        self._previous_switch_interval = sys.getswitchinterval()
+        self._holds_switch_interval = False
         if self.config.gil_switch_interval_s is not None:
-            sys.setswitchinterval(self.config.gil_switch_interval_s)
-        executor_class = StagedExecutor if self.config.mode == "staged" else StackedExecutor
-        self._executor: Executor = executor_class(self.config, self.device, self._abort, self._on_worker_death)
-        self._executor.start()
+            _SWITCH_INTERVAL.acquire(self.config.gil_switch_interval_s)
+            self._holds_switch_interval = True
+        try:
+            executor_class = StagedExecutor if self.config.mode == "staged" else StackedExecutor
+            self._executor: Executor = executor_class(self.config, self.device, self._abort, self._on_worker_death)
+            self._executor.start()
+        except BaseException:
+            self._release_switch_interval()
+            raise
         logger.info(
             "engine ready: mode=%s device=%s dtype=%s models=%s", self.config.mode, self.device, self.dtype,
             list(self.runners),
@@ -206,8 +211,7 @@ class Engine:
             logger.warning("workers did not stop within %s s; failing what is left", timeout)
             self._abort.set()
         self._fail_all(EngineClosedError())
-        if self.config.gil_switch_interval_s is not None:
-            sys.setswitchinterval(self._previous_switch_interval)
+        self._release_switch_interval()
 
     def __enter__(self) -> Engine:
         return self
@@ -225,8 +229,42 @@ class Engine:
         for job in jobs:
             job.fail(error)
 
+    def _release_switch_interval(self) -> None:
+        with self._lock:
+            holds, self._holds_switch_interval = self._holds_switch_interval, False
+        if holds:
+            _SWITCH_INTERVAL.release(self.config.gil_switch_interval_s)
+
     def _on_worker_death(self, worker: str, exc: BaseException) -> None:
         self._dead = exc
         self._closed = True
         self._abort.set()
         self._fail_all(EngineDeadError(f"worker `{worker}` died: {exc!r}"))
+        self._release_switch_interval()  # close() returns at once on a dead engine
+
+
+class _SwitchIntervalLease:
+    """The interpreter's GIL switch interval, shortened while any engine runs and restored after the last.
+
+    It is process-wide, so engines share one lease: while any hold it, the shortest interval any asked for is
+    in force; when the last closes, dies or fails to start, the original value comes back."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._held: list[float] = []
+        self._original = sys.getswitchinterval()
+
+    def acquire(self, interval_s: float) -> None:
+        with self._lock:
+            if not self._held:
+                self._original = sys.getswitchinterval()
+            self._held.append(interval_s)
+            sys.setswitchinterval(min(self._held))
+
+    def release(self, interval_s: float) -> None:
+        with self._lock:
+            self._held.remove(interval_s)
+            sys.setswitchinterval(min(self._held) if self._held else self._original)
+
+
+_SWITCH_INTERVAL = _SwitchIntervalLease()

@@ -57,7 +57,8 @@ class StageTiming:
     queue_wait_s: float
     """From entering the stage's queue to the start of the batch that ran it."""
     run_s: float
-    """Run time of that batch (device time on CUDA, wall time on CPU)."""
+    """Run time of that batch (device time on CUDA, wall time on CPU). For the denoiser, from this request's
+    first step to its last, forwards of the requests it shared them with included."""
     batch_images: float
     """Images in that batch, this request's included. For the denoiser, whose batch changes between steps as
     requests join and leave, the mean over this request's steps."""

@@ -79,7 +79,8 @@ class Running(Generic[T]):
     rows: int
     """Denoiser rows it adds to a forward (two per image with classifier-free guidance, else one)."""
     last_ran_at: float
-    """When the last forward it took part in was issued; its admission time before its first."""
+    """When the last forward it took part in finished. A request that joins a running key takes that key's
+    time, so joining never pushes a key back in the rotation; one that starts a key counts from its arrival."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -183,3 +183,32 @@ def test_a_batched_denoiser_forward_equals_each_request_alone_bitwise(model):
             else:  # a convolution over a batch of one may take another algorithm (measured: ~1e-6 here)
                 assert (batched[part] - alone).abs().max() <= 1e-5
             start += count
+
+
+def test_a_request_joining_its_size_does_not_cost_the_other_size_its_turn():
+    """While a 64x64 and a 96x64 request alternate, another 64x64 request joins: the rotation stays one forward
+    each (a joiner takes its key's turn instead of counting as a fresh arrival)."""
+    trace = Trace()
+    futures = {}
+    with Engine(models="tiny-sd15", device="cpu") as engine:
+
+        def submit_wide(done: int) -> None:
+            if done == 3:
+                futures["wide"] = engine.submit(prompt="wide", steps=8, width=96, height=64, scheduler="euler",
+                                                progress=trace.callback("wide", submit_joiner))
+                wait_until_queued_at_denoise(engine)
+
+        def submit_joiner(done: int) -> None:
+            if done == 2:
+                futures["joiner"] = engine.submit(prompt="joiner", steps=4, width=64, height=64, scheduler="euler",
+                                                  progress=trace.callback("joiner"))
+                wait_until_queued_at_denoise(engine)
+
+        futures["square"] = engine.submit(prompt="square", steps=20, scheduler="euler", width=64, height=64,
+                                          progress=trace.callback("square", submit_wide))
+        for name in ("square", "wide", "joiner"):
+            futures[name].result(timeout=60)
+    wide_steps = [i for i, (who, _) in enumerate(trace.events) if who == "wide"]
+    square_done = [trace.steps_done_before("square", i) for i in wide_steps]
+    assert [b - a for a, b in zip(square_done, square_done[1:])] == [1] * 7  # one square forward between each
+    assert trace.first_step("joiner") < wide_steps[-1]  # the joiner ran inside that window

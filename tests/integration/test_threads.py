@@ -33,13 +33,17 @@ def test_each_model_runs_on_the_expected_thread_with_its_cpu_threads(fused):
     assert torch.get_num_threads() == default  # the caller's own thread is left as it was
 
 
-def test_the_engine_shortens_the_gil_switch_interval_while_it_runs():
+def test_the_engine_shortens_the_gil_switch_interval_while_any_engine_runs():
     import sys
 
-    before = sys.getswitchinterval()
-    engine = Engine(models="tiny-sd15", device="cpu", gil_switch_interval_s=0.0007)
-    assert sys.getswitchinterval() == pytest.approx(0.0007)
-    engine.close()
+    before = sys.getswitchinterval()  # another test's engine may hold a shorter one already
+    first = Engine(models="tiny-sd15", device="cpu", gil_switch_interval_s=0.0007)
+    assert sys.getswitchinterval() == pytest.approx(min(before, 0.0007))
+    second = Engine(models="tiny-sd15", device="cpu", gil_switch_interval_s=0.0009)
+    first.close()
+    assert sys.getswitchinterval() == pytest.approx(min(before, 0.0009))  # the second still runs
+    second.close()
+    second.close()  # closing twice releases once
     assert sys.getswitchinterval() == pytest.approx(before)
 
 

@@ -16,9 +16,6 @@ import torch
 from baton.device import Mark, elapsed_s, mark_now
 from baton.models.runner import ModelRunner
 
-COMPONENTS = ("text_encode", "denoise", "vae_decode")
-
-
 @dataclass(frozen=True, slots=True)
 class Span:
     """One call of one component."""

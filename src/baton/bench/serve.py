@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import math
 import multiprocessing
+import threading
 import time
 import traceback
 from collections.abc import Callable
@@ -56,6 +57,7 @@ PROMPTS: tuple[str, ...] = (
     "a hummingbird drinking from a flower",
 )
 _TIMELINE_INDEX = 1_000_000  # request indices of the timeline run: away from the measured ones
+_CALL_TIMEOUT_S = 3600.0  # one command to a mode's process (loading a model, one load point): a hung one fails
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,7 +118,6 @@ class _EngineTarget:
     """A baton engine in one of the engine modes."""
 
     def __init__(self, mode: str, settings: ServeSettings) -> None:
-        self.mode = mode
         self.settings = settings
         self.engine = Engine(
             models=settings.model,
@@ -146,8 +147,6 @@ class _EngineTarget:
 class _CeilingTarget:
     """The plain diffusers pipeline called with every client's prompt at once."""
 
-    mode = "batched-ceiling"
-
     def __init__(self, settings: ServeSettings) -> None:
         from baton.device import resolve_device, resolve_dtype
 
@@ -160,8 +159,9 @@ class _CeilingTarget:
     def drive(self, arrival: str, value: float, total: int, first_index: int) -> list[Outcome]:
         clients = int(value)
         outcomes = []
-        for start in range(first_index, first_index + total, clients):
-            requests = [self.settings.request(i) for i in range(start, start + clients)]
+        end = first_index + total
+        for start in range(first_index, end, clients):
+            requests = [self.settings.request(i) for i in range(start, min(start + clients, end))]
             submitted = time.perf_counter()
             output = self.pipe(
                 prompt=[r.prompt for r in requests],
@@ -234,17 +234,25 @@ def run_serve(settings: ServeSettings, log: Callable[[str], None] = logger.info)
 class _ModeProcess:
     """One mode's target in a child process, driven over a pipe: ``call(command, *args)`` returns its answer."""
 
-    def __init__(self, mode: str, settings: ServeSettings) -> None:
+    def __init__(self, mode: str, settings: ServeSettings, timeout_s: float = _CALL_TIMEOUT_S) -> None:
         context = multiprocessing.get_context("spawn")
         self._conn, child = context.Pipe()
+        self._timeout_s = timeout_s
         self._process = context.Process(target=_serve_mode, args=(mode, settings, child), name=f"bench-{mode}",
                                         daemon=True)
         self._process.start()
         child.close()
-        self.call("ready")
+        try:
+            self.call("ready")
+        except BaseException:
+            self.stop()
+            raise
 
     def call(self, command: str, *args: Any) -> Any:
         self._conn.send((command, args))
+        if not self._conn.poll(self._timeout_s):
+            self._process.kill()
+            raise TimeoutError(f"the benchmark worker did not answer `{command}` within {self._timeout_s:.0f} s")
         status, answer = self._conn.recv()
         if status == "error":
             raise RuntimeError(f"the benchmark worker failed:\n{answer}")
@@ -376,17 +384,24 @@ def record_timeline(target: _EngineTarget, device: torch.device) -> dict:
     target.probe.take()
     origin = mark_now(device)
     finished: list[float] = [0.0, 0.0]
+    done = [threading.Event(), threading.Event()]
     submitted = []
     futures = []
+
+    def on_done(_: Future, i: int) -> None:
+        finished[i] = time.perf_counter()
+        done[i].set()  # result() may return before done-callbacks run: wait for this instead
+
     for i in range(2):
         if i:
             time.sleep(offset)
         submitted.append(time.perf_counter())
         future = target.submit(_TIMELINE_INDEX + 1 + i)
-        future.add_done_callback(lambda _, i=i: finished.__setitem__(i, time.perf_counter()))
+        future.add_done_callback(lambda f, i=i: on_done(f, i))
         futures.append(future)
-    for future in futures:
+    for future, event in zip(futures, done):
         future.result()
+        event.wait()
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     spans = target.probe.take()

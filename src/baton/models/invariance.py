@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import torch
 
@@ -36,11 +36,12 @@ def batch_variant_layers(unet: torch.nn.Module) -> list[torch.nn.Linear]:
     ]
 
 
-def run_rows_separately(linear: torch.nn.Linear) -> None:
-    """Run ``linear`` one row at a time (for inputs whose every row is a request of its own, M = 1 alone)."""
+def run_rows_separately(linear: torch.nn.Linear, enabled: Callable[[], bool] = lambda: True) -> None:
+    """Run ``linear`` one row at a time while ``enabled()`` (for inputs whose every row is a request of its own,
+    M = 1 alone)."""
 
     def forward(rows: torch.Tensor) -> torch.Tensor:  # [B, D] -> [B, P]
-        if rows.dim() != 2 or rows.shape[0] == 1:
+        if rows.dim() != 2 or rows.shape[0] == 1 or not enabled():
             return torch.nn.functional.linear(rows, linear.weight, linear.bias)
         return torch.cat([torch.nn.functional.linear(row, linear.weight, linear.bias) for row in rows.split(1)])
 
@@ -69,11 +70,12 @@ class RequestSegments:
 
     @contextlib.contextmanager
     def split(self, rows: Sequence[int]) -> Iterator[None]:
+        previous = getattr(self._local, "rows", None)
         self._local.rows = _Layout(rows) if len(rows) > 1 else None
         try:
             yield
         finally:
-            self._local.rows = None
+            self._local.rows = previous
 
     def _patch(self, linear: torch.nn.Linear) -> None:
         forward = linear.forward

@@ -12,10 +12,11 @@ it admits them and decodes them as it hands them on.
 from __future__ import annotations
 
 import inspect
+import itertools
 import logging
 import time
 from collections.abc import Hashable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -29,6 +30,9 @@ from baton.stages.base import IDLE_POLL_S, BatchStage, Stage
 from baton.stages.job import Job
 
 logger = logging.getLogger(__name__)
+
+
+_serials = itertools.count()
 
 
 @dataclass(slots=True, eq=False)
@@ -48,6 +52,7 @@ class DenoiseState:
     last_ran_at: float
     index: int = 0
     images_alongside: int = 0  # images in all the forwards it took part in, its own included
+    serial: int = field(default_factory=lambda: next(_serials))  # unlike id(), never reused
 
     @property
     def rows(self) -> int:
@@ -82,6 +87,7 @@ class DenoiseStage(Stage):
             priority_aging_s=config.priority_aging_s,
         )
         self._running: list[DenoiseState] = []
+        self._key_last_ran: dict[Hashable, float] = {}  # when each running key's last forward finished
         # per key: the members its conditioning was built for, and that conditioning (rebuilt when they change)
         self._conditioning: dict[Hashable, tuple[tuple[int, ...], Conditioning]] = {}
 
@@ -128,6 +134,8 @@ class DenoiseStage(Stage):
         running_keys = {state.key for state in self._running}
         for key in [key for key in self._conditioning if key not in running_keys]:
             del self._conditioning[key]  # nothing of this key runs any more: free its concatenated rows
+        for key in [key for key in self._key_last_ran if key not in running_keys]:
+            del self._key_last_ran[key]
 
     def _admit(self, entries: list[Waiting[Job]]) -> None:
         if not entries:
@@ -141,7 +149,7 @@ class DenoiseStage(Stage):
             if job.done:  # its encoding failed
                 continue
             try:
-                state = self._start(job, entry.key)
+                state = self._start(job, entry.key, entry.arrived_at)
             except Exception as exc:
                 logger.exception("denoise could not start request %s", job.request_id)
                 job.fail(StageError(self.name, exc))
@@ -159,6 +167,7 @@ class DenoiseStage(Stage):
                 state.job.fail(StageError(self.name, exc))
             return
         now = time.perf_counter()
+        self._key_last_ran[group[0].key] = now
         images = sum(state.job.request.num_images for state in group)
         for state in group:
             state.last_ran_at = now
@@ -178,18 +187,29 @@ class DenoiseStage(Stage):
             return
         for job in jobs:
             self.close_record(job)
-        self.decoder.run_now(jobs)  # one key, so one latent size: one decoder batch
+        # one key, so one latent size; within the decoder's own batch limit (memory)
+        for batch in _batches(jobs, self.decoder.config.max_batch_images, lambda job: job.request.num_images):
+            self.decoder.run_now(batch)
 
     def _encode_here(self, jobs: list[Job]) -> None:
-        """Fused stages: encode the prompts of newly admitted requests, one batch per model."""
+        """Fused stages: encode the prompts of newly admitted requests, in batches of one model.
+
+        Timings: in this topology a request waits in one queue, this one, before it is encoded; so that wait is
+        reported as text_encode's, and denoise's queue wait starts when its encoding is done."""
         by_model: dict[str, list[Job]] = {}
         for job in jobs:
             by_model.setdefault(job.runner.name, []).append(job)
         for group in by_model.values():
-            self.encoder.run_now(group)  # a failure fails only these requests (StageError), as in its own thread
+            for batch in _batches(group, self.encoder.config.max_batch_images, lambda job: 1):
+                arrived = {id(job): job.records[self.name].enqueued for job in batch}
+                self.encoder.run_now(batch)  # a failure fails only these requests (StageError)
+                encoded_at = time.perf_counter()
+                for job in batch:
+                    job.records[self.encoder.name].enqueued = arrived[id(job)]
+                    job.records[self.name].enqueued = encoded_at
 
     def _group_conditioning(self, group: list[DenoiseState]) -> Conditioning:
-        members = tuple(id(state) for state in group)
+        members = tuple(state.serial for state in group)
         cached = self._conditioning.get(group[0].key)
         if cached is None or cached[0] != members:
             cached = (members, Conditioning.concat([state.conditioning for state in group]))
@@ -203,7 +223,7 @@ class DenoiseStage(Stage):
         self._conditioning.clear()
 
     # -- the model work -------------------------------------------------------------------------------------------
-    def _start(self, job: Job, key: Hashable) -> DenoiseState:
+    def _start(self, job: Job, key: Hashable, arrived_at: float) -> DenoiseState:
         request = job.request
         runner = job.runner
         job.records[self.name].started = self.stream.mark()
@@ -225,7 +245,8 @@ class DenoiseStage(Stage):
             guidance_scale=float(request.guidance_scale),
             with_guidance=runner.uses_guidance(request.guidance_scale),
             step_kwargs=_step_kwargs(scheduler, generator),
-            last_ran_at=time.perf_counter(),
+            # a newcomer takes its key's turn, not a fresh one: joining must not push the key back in the rotation
+            last_ran_at=self._key_last_ran.get(key, arrived_at),
         )
 
     def _step(self, group: list[DenoiseState], conditioning: Conditioning) -> None:
@@ -250,6 +271,20 @@ class DenoiseStage(Stage):
             state.latents = step[0]
             state.index += 1
             state.job.report_progress(state.index, len(state.timesteps))
+
+
+def _batches(jobs: list[Job], limit: int, size) -> list[list[Job]]:
+    """Consecutive batches whose sizes add up to at most ``limit`` (a larger single job goes alone)."""
+    batches: list[list[Job]] = []
+    total = 0
+    for job in jobs:
+        if batches and total + size(job) <= limit:
+            batches[-1].append(job)
+            total += size(job)
+        else:
+            batches.append([job])
+            total = size(job)
+    return batches
 
 
 def _step_kwargs(scheduler: SchedulerMixin, generator: torch.Generator) -> dict[str, Any]:

@@ -27,7 +27,7 @@ class StageRecord:
     enqueued: float
     started: Mark | None = None
     finished: Mark | None = None
-    batch_images: int = 0
+    batch_images: float = 0  # the denoiser's is a mean over the request's steps
 
     def timing(self) -> StageTiming:
         if self.started is None or self.finished is None:

@@ -21,7 +21,7 @@ class StableDiffusionXLRunner(ModelRunner):
         encoder = self.pipeline.text_encoder_2
         if encoder is not None and isinstance(getattr(encoder, "text_projection", None), torch.nn.Linear):
             # diffusers encodes one prompt at a time; baton a batch of them (see baton.models.invariance)
-            run_rows_separately(encoder.text_projection)
+            run_rows_separately(encoder.text_projection, enabled=lambda: self.batch_invariant)
 
     def encode_prompts(self, inputs: list[PromptInput]) -> list[PromptEmbeddings]:
         with_negative = any(item.needs_negative for item in inputs)
