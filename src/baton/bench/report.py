@@ -130,6 +130,7 @@ def plot_timeline(report: dict, path: Path) -> None:
             axis.barh(lanes.index(span["component"]), span["end_s"] - span["start_s"], left=span["start_s"],
                       color=COMPONENT_COLOURS[span["component"]], height=0.6,
                       alpha=0.45 if span["rows"] <= _single_rows(timeline) else 1.0)
+        axis.set_xlim(left=0)
         axis.set_yticks(range(len(lanes)), labels=lanes)
         axis.invert_yaxis()
         axis.set_title(f"{mode}: request 2 arrives while request 1 runs (dark denoiser spans: both in one forward)",
