@@ -122,10 +122,10 @@ class StepPolicy:
     join_running: bool = True
     priority_aging_s: float = 1.0
 
-    def rank(self, waiting: Sequence[Waiting[T]], now: float) -> list[Waiting[T]]:
+    def rank(self, waiting: Sequence[Waiting[T]]) -> list[Waiting[T]]:
         """Waiting requests in the order they are offered a place: earliest priority-adjusted arrival first.
 
-        (Ranking by priority plus time waited gives the same order at any ``now``: the ages grow alike.)"""
+        (Ranking by priority plus time waited gives the same order at any moment: the ages grow alike.)"""
         return sorted(waiting, key=lambda w: (w.arrived_at - w.priority * self.priority_aging_s, w.arrived_at))
 
     def plan(
@@ -142,7 +142,7 @@ class StepPolicy:
         rows_before = set(rows)
         admit: list[Waiting[T]] = []
         if waiting and (self.join_running or not running):
-            ranked = self.rank(waiting, now)
+            ranked = self.rank(waiting)
             # request-level batching forms one batch, of the top-ranked request's key
             only_key = None if self.join_running else ranked[0].key
             closed: set[Hashable] = set()
@@ -158,7 +158,7 @@ class StepPolicy:
                     closed.add(key)
         # 2. an idle denoiser may hold a partial batch a little while for more requests
         if not running and admit and not flush:
-            head = self.rank(waiting, now)[0]
+            head = admit[0]  # the top-ranked request: with nothing running it always gets in
             waited = now - head.arrived_at
             if rows[head.key] < self.max_rows and waited < self.max_wait_s:
                 return StepDecision([], None, wait_s=self.max_wait_s - waited)

@@ -93,6 +93,8 @@ class ServeSettings:
             raise ValueError(f"`--concurrency` must be integers >= 1, got {list(self.concurrency)}")
         if any(r <= 0 for r in self.rates):
             raise ValueError(f"`--rate` must be positive numbers, got {list(self.rates)}")
+        if self.rates and set(self.modes) == {"batched-ceiling"}:
+            raise ValueError("`--rate` needs a mode besides batched-ceiling (open-loop arrivals have no ceiling)")
         if self.requests < 1 or self.steps < 1 or self.rounds < 1:
             raise ValueError(f"`--requests`, `--steps` and `--rounds` must be >= 1, got {self.requests}, "
                              f"{self.steps} and {self.rounds}")
@@ -106,6 +108,11 @@ class ServeSettings:
             height=self.height,
             guidance_scale=self.guidance_scale,
         )
+
+    def warmup_for(self, arrival: str, value: float) -> tuple[int, int]:
+        """(clients, requests) of the unmeasured closed-loop warm-up before a load point."""
+        clients = int(value) if arrival == "closed" else 4
+        return clients, self.warmup if self.warmup is not None else max(2, clients)
 
     def load_points(self) -> list[tuple[str, float]]:
         """(arrival, value) pairs: ("closed", clients) or ("poisson", rate)."""
@@ -192,23 +199,21 @@ def run_serve(settings: ServeSettings, log: Callable[[str], None] = logger.info)
     # 1. start every mode first, so loading never overlaps a measurement
     workers: dict[str, _ModeProcess] = {}
     results, timeline = [], {}
+    # "all prompts at once" has no meaning for open-loop arrivals: no ceiling process then
+    modes = [mode for mode in settings.modes if not (mode == "batched-ceiling" and settings.rates)]
     try:
-        for mode in settings.modes:
+        for mode in modes:
             log(f"loading {settings.model} for {mode}")
             workers[mode] = _ModeProcess(mode, settings)
-        device = workers[settings.modes[0]].call("device")
+        device = workers[modes[0]].call("device")
         # 2. rounds, then load points, then modes innermost: drift in the machine hits every mode alike
         rounds: dict[tuple[str, str, float], list[dict]] = {}
         next_index = 0
         for round_index in range(settings.rounds):
             for arrival, value in settings.load_points():
                 for mode, worker in workers.items():
-                    if mode == "batched-ceiling" and arrival != "closed":
-                        continue  # "all prompts at once" has no meaning for open-loop arrivals
-                    clients = int(value) if arrival == "closed" else 4
-                    warmup = settings.warmup if settings.warmup is not None else max(2, clients)
-                    measured = worker.call("point", arrival, value, warmup, next_index)
-                    next_index += warmup + settings.requests
+                    measured = worker.call("point", arrival, value, next_index)
+                    next_index += settings.warmup_for(arrival, value)[1] + settings.requests
                     rounds.setdefault((mode, arrival, value), []).append(measured)
                     log(f"round {round_index + 1}/{settings.rounds} {mode:>15} {_point_label(arrival, value):>12}: "
                         f"{measured['images'] / measured['duration_s']:.2f} images/s")
@@ -282,23 +287,22 @@ def _serve_mode(mode: str, settings: ServeSettings, conn: Connection) -> None:
             if command == "stop":
                 return
             try:
-                conn.send(("ok", _answer(target, mode, settings, command, args)))
+                conn.send(("ok", _answer(target, settings, command, args)))
             except Exception:
                 conn.send(("error", traceback.format_exc()))
     finally:
         target.close()
 
 
-def _answer(target: _EngineTarget | _CeilingTarget, mode: str, settings: ServeSettings, command: str,
-            args: tuple) -> Any:
+def _answer(target: _EngineTarget | _CeilingTarget, settings: ServeSettings, command: str, args: tuple) -> Any:
     device = target.runner.device
     if command == "ready":
         return True
     if command == "device":
         return str(device)
     if command == "point":
-        arrival, value, warmup, first_index = args
-        clients = int(value) if arrival == "closed" else 4
+        arrival, value, first_index = args
+        clients, warmup = settings.warmup_for(arrival, value)
         target.drive("closed", clients, warmup, first_index)
         target.probe.take()
         outcomes = target.drive(arrival, value, settings.requests, first_index + warmup)

@@ -169,12 +169,16 @@ class BatchStage(Stage):
             self._execute(batch)
 
     def run_now(self, jobs: list[Job]) -> None:
-        """Run ``jobs`` as one batch on the calling thread, skipping this stage's queue (see
-        ``EngineConfig.fused_stages``); they are handed on, or failed, as from the queue."""
+        """Run ``jobs`` on the calling thread, skipping this stage's queue (``EngineConfig.fused_stages``), in
+        the batches this stage's own policy would form; they are handed on, or failed, as from the queue."""
         now = time.perf_counter()
         for job in jobs:
             job.enter(self.name, now)
-        self._execute(jobs)
+        waiting = [Waiting(job, self.batch_key(job), self.batch_size(job), now) for job in jobs]
+        while waiting:
+            decision = plan_batch(waiting, now, self.config.max_batch_images, max_wait_s=0.0, flush=True)
+            waiting = without_entries(waiting, decision.batch)
+            self._execute([entry.item for entry in decision.batch])
 
     def _execute(self, batch: list[Job]) -> None:
         live = []
@@ -217,7 +221,12 @@ class BatchStage(Stage):
                 flush=self._draining or lookahead_full or self._abort.is_set(),
             )
             if decision.batch:
-                chosen = {id(w) for w in decision.batch}
-                self._waiting = [w for w in self._waiting if id(w) not in chosen]
+                self._waiting = without_entries(self._waiting, decision.batch)
                 return [w.item for w in decision.batch]
             self._pull(block=True, timeout=decision.wait_s if decision.wait_s is not None else IDLE_POLL_S)
+
+
+def without_entries(waiting: list[Waiting[Job]], taken: list[Waiting[Job]]) -> list[Waiting[Job]]:
+    """``waiting`` less the entries in ``taken``, in order."""
+    chosen = {id(entry) for entry in taken}
+    return [entry for entry in waiting if id(entry) not in chosen]

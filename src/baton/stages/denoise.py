@@ -26,7 +26,7 @@ from baton.config import DenoiseConfig
 from baton.errors import EngineClosedError, StageError
 from baton.models.runner import Conditioning
 from baton.scheduling import Running, StepPolicy, Waiting
-from baton.stages.base import IDLE_POLL_S, BatchStage, Stage
+from baton.stages.base import IDLE_POLL_S, BatchStage, Stage, without_entries
 from baton.stages.job import Job
 
 logger = logging.getLogger(__name__)
@@ -49,7 +49,7 @@ class DenoiseState:
     guidance_scale: float
     with_guidance: bool
     step_kwargs: dict[str, Any]
-    last_ran_at: float
+    arrived_at: float  # at this stage's queue: its key's place in the rotation until the key has run
     index: int = 0
     images_alongside: int = 0  # images in all the forwards it took part in, its own included
     serial: int = field(default_factory=lambda: next(_serials))  # unlike id(), never reused
@@ -115,7 +115,8 @@ class DenoiseStage(Stage):
                 if self._draining and not self._running and not self._waiting:
                     return
                 decision = self.policy.plan(
-                    [Running(s, s.key, s.rows, s.last_ran_at) for s in self._running],
+                    # a request that joined a running key takes that key's turn: joining never pushes a key back
+                    [Running(s, s.key, s.rows, self._key_last_ran.get(s.key, s.arrived_at)) for s in self._running],
                     self._waiting,
                     now=time.perf_counter(),
                     flush=self._draining or len(self._waiting) >= self._lookahead,
@@ -140,8 +141,7 @@ class DenoiseStage(Stage):
     def _admit(self, entries: list[Waiting[Job]]) -> None:
         if not entries:
             return
-        chosen = {id(entry) for entry in entries}
-        self._waiting = [entry for entry in self._waiting if id(entry) not in chosen]
+        self._waiting = without_entries(self._waiting, entries)
         if self.encoder is not None:
             self._encode_here([entry.item for entry in entries])
         for entry in entries:
@@ -170,7 +170,6 @@ class DenoiseStage(Stage):
         self._key_last_ran[group[0].key] = now
         images = sum(state.job.request.num_images for state in group)
         for state in group:
-            state.last_ran_at = now
             state.images_alongside += images
         finished = [state for state in group if state.finished and not state.job.done]
         for state in finished:
@@ -187,26 +186,20 @@ class DenoiseStage(Stage):
             return
         for job in jobs:
             self.close_record(job)
-        # one key, so one latent size; within the decoder's own batch limit (memory)
-        for batch in _batches(jobs, self.decoder.config.max_batch_images, lambda job: job.request.num_images):
-            self.decoder.run_now(batch)
+        self.decoder.run_now(jobs)
 
     def _encode_here(self, jobs: list[Job]) -> None:
-        """Fused stages: encode the prompts of newly admitted requests, in batches of one model.
+        """Fused stages: encode the prompts of newly admitted requests.
 
         Timings: in this topology a request waits in one queue, this one, before it is encoded; so that wait is
         reported as text_encode's, and denoise's queue wait starts when its encoding is done."""
-        by_model: dict[str, list[Job]] = {}
-        for job in jobs:
-            by_model.setdefault(job.runner.name, []).append(job)
-        for group in by_model.values():
-            for batch in _batches(group, self.encoder.config.max_batch_images, lambda job: 1):
-                arrived = {id(job): job.records[self.name].enqueued for job in batch}
-                self.encoder.run_now(batch)  # a failure fails only these requests (StageError)
-                encoded_at = time.perf_counter()
-                for job in batch:
-                    job.records[self.encoder.name].enqueued = arrived[id(job)]
-                    job.records[self.name].enqueued = encoded_at
+        arrived = [job.records[self.name].enqueued for job in jobs]
+        self.encoder.run_now(jobs)  # a failure fails only its batch (StageError)
+        for job, at in zip(jobs, arrived):
+            encode = job.records[self.encoder.name]
+            encode.enqueued = at
+            if encode.finished is not None:
+                job.records[self.name].enqueued = encode.finished.wall
 
     def _group_conditioning(self, group: list[DenoiseState]) -> Conditioning:
         members = tuple(state.serial for state in group)
@@ -245,8 +238,7 @@ class DenoiseStage(Stage):
             guidance_scale=float(request.guidance_scale),
             with_guidance=runner.uses_guidance(request.guidance_scale),
             step_kwargs=_step_kwargs(scheduler, generator),
-            # a newcomer takes its key's turn, not a fresh one: joining must not push the key back in the rotation
-            last_ran_at=self._key_last_ran.get(key, arrived_at),
+            arrived_at=arrived_at,
         )
 
     def _step(self, group: list[DenoiseState], conditioning: Conditioning) -> None:
@@ -271,20 +263,6 @@ class DenoiseStage(Stage):
             state.latents = step[0]
             state.index += 1
             state.job.report_progress(state.index, len(state.timesteps))
-
-
-def _batches(jobs: list[Job], limit: int, size) -> list[list[Job]]:
-    """Consecutive batches whose sizes add up to at most ``limit`` (a larger single job goes alone)."""
-    batches: list[list[Job]] = []
-    total = 0
-    for job in jobs:
-        if batches and total + size(job) <= limit:
-            batches[-1].append(job)
-            total += size(job)
-        else:
-            batches.append([job])
-            total = size(job)
-    return batches
 
 
 def _step_kwargs(scheduler: SchedulerMixin, generator: torch.Generator) -> dict[str, Any]:
