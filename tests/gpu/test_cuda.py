@@ -49,22 +49,16 @@ def test_float16_generation_is_finite_and_close_to_diffusers():
 
 def test_a_request_joining_mid_run_on_cuda_matches_its_reference():
     """Step-level joining with stage streams and events: B enters A's running batch at A's step 3."""
-    from tests.integration.test_step_batching import Trace, wait_until_queued_at_denoise
+    from tests.integration.test_step_batching import Requests
 
     a = GenerationRequest(prompt="a fox", seed=1, steps=12, scheduler="euler", width=64, height=64,
                           output_format="np")
     b = GenerationRequest(prompt="a whale", seed=2, steps=5, scheduler="ddim", guidance_scale=1.0, num_images=2,
                           width=64, height=64, output_format="np")
-    trace, futures = Trace(), {}
     with Engine(models="tiny-sd15", device="cuda", dtype="float32") as engine:
-
-        def join(done: int) -> None:
-            if done == 3:
-                futures["b"] = engine.submit(b, progress=trace.callback("b"))
-                wait_until_queued_at_denoise(engine)
-
-        futures["a"] = engine.submit(a, progress=trace.callback("a", join))
-        results = {name: futures[name].result(120) for name in ("a", "b")}
+        run = Requests(engine)
+        run.submit("a", a, on_steps=(run.at(3, lambda: run.submit("b", b)),))
+        results, trace = run.results(), run.trace
         assert trace.steps_done_before("a", trace.first_step("b")) == 4
         for name, request in (("a", a), ("b", b)):
             expected = reference_pixels(engine.runners["tiny-sd15"], engine.resolve(request))

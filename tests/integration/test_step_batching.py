@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 
 import pytest
 
@@ -35,11 +36,11 @@ class Trace:
         self.events: list[tuple[str, int]] = []
         self._lock = threading.Lock()
 
-    def callback(self, name: str, on_step=None):
+    def callback(self, name: str, *on_steps: Callable[[int], None]):
         def progress(done: int, total: int) -> None:
             with self._lock:
                 self.events.append((name, done))
-            if on_step is not None:
+            for on_step in on_steps:
                 on_step(done)
 
         return progress
@@ -55,6 +56,39 @@ class Trace:
         return max(i for i, (who, _) in enumerate(self.events) if who == name)
 
 
+class Requests:
+    """Requests submitted by name, their progress traced; :meth:`at` makes more join a running batch."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self.trace = Trace()
+        self.futures: dict = {}
+
+    def submit(self, name: str, request: GenerationRequest | None = None, *,
+               on_steps: tuple[Callable[[int], None], ...] = (), **fields) -> None:
+        self.futures[name] = self.engine.submit(request, progress=self.trace.callback(name, *on_steps), **fields)
+
+    def at(self, step: int, *submissions: Callable[[], None]) -> Callable[[int], None]:
+        """A progress callback: at ``step``, run ``submissions`` and hold the denoiser until they wait at its
+        queue, so they join at the very next step boundary (a deterministic mid-run join)."""
+
+        def on_step(done: int) -> None:
+            if done == step:
+                for submit in submissions:
+                    submit()
+                wait_until_queued_at_denoise(self.engine, count=len(submissions))
+
+        return on_step
+
+    def results(self, timeout: float = 120) -> dict:
+        """Every result by name (requests submitted from callbacks exist once their parent has run)."""
+        done = {}
+        while len(done) < len(self.futures):
+            for name in list(self.futures):
+                done[name] = self.futures[name].result(timeout)
+        return done
+
+
 @pytest.mark.parametrize("model", ["tiny-sd15", "tiny-sdxl"])
 def test_requests_that_join_mid_run_get_the_image_they_would_get_alone(model):
     """B joins at A's step 4 and C at A's step 9; they differ in steps, guidance (B: none, so no unconditional
@@ -64,19 +98,11 @@ def test_requests_that_join_mid_run_get_the_image_they_would_get_alone(model):
                           num_images=2, model=model, **SMALL)
     c = GenerationRequest(prompt="a yellow bird", seed=3, steps=10, guidance_scale=4.0, scheduler="dpmpp_2m",
                           negative_prompt="blurry", model=model, **SMALL)
-    trace = Trace()
-    futures = {}
     with Engine(models=model, device="cpu") as engine:
-
-        def join_others(done: int) -> None:
-            for step, name, request in ((4, "b", b), (9, "c", c)):
-                if done == step:
-                    futures[name] = engine.submit(request, progress=trace.callback(name))
-                    wait_until_queued_at_denoise(engine)
-
-        futures["a"] = engine.submit(a, progress=trace.callback("a", join_others))
-        futures["a"].result(timeout=120)
-        results = {name: future.result(timeout=120) for name, future in futures.items()}
+        run = Requests(engine)
+        run.submit("a", a, on_steps=(run.at(4, lambda: run.submit("b", b)), run.at(9, lambda: run.submit("c", c))))
+        results = run.results()
+        trace = run.trace
 
         # they really joined a running batch: each took its first step in A's forward right after it arrived
         assert trace.steps_done_before("a", trace.first_step("b")) == 5
@@ -88,64 +114,37 @@ def test_requests_that_join_mid_run_get_the_image_they_would_get_alone(model):
 
 
 def test_request_level_batching_lets_no_one_join_a_running_batch():
-    trace = Trace()
-    futures = {}
-    config = DenoiseConfig(batching="request")
-    with Engine(models="tiny-sd15", device="cpu", denoise=config) as engine:
-
-        def submit_b(done: int) -> None:
-            if done == 3:
-                futures["b"] = engine.submit(prompt="b", steps=5, seed=2, progress=trace.callback("b"), **SMALL)
-                wait_until_queued_at_denoise(engine)
-
-        futures["a"] = engine.submit(prompt="a", steps=12, seed=1, progress=trace.callback("a", submit_b), **SMALL)
-        futures["a"].result(timeout=60)
-        b = futures["b"].result(timeout=60)
-    assert trace.first_step("b") > trace.last_step("a")  # B waited for A's whole batch
+    with Engine(models="tiny-sd15", device="cpu", denoise=DenoiseConfig(batching="request")) as engine:
+        run = Requests(engine)
+        join = run.at(3, lambda: run.submit("b", prompt="b", steps=5, seed=2, **SMALL))
+        run.submit("a", prompt="a", steps=12, seed=1, on_steps=(join,), **SMALL)
+        b = run.results()["b"]
+    assert run.trace.first_step("b") > run.trace.last_step("a")  # B waited for A's whole batch
     assert b.timings["denoise"].batch_images == 1
 
 
 def test_priority_decides_who_takes_the_rows_that_free_up():
     """With room for one guided image per forward, A runs; low and high wait (low queued first). When A is done,
     high goes first and runs to the end before low starts."""
-    trace = Trace()
-    futures = {}
     with Engine(models="tiny-sd15", device="cpu", denoise=DenoiseConfig(max_rows=2)) as engine:
-
-        def queue_two(done: int) -> None:
-            if done == 2:
-                futures["low"] = engine.submit(prompt="low", steps=4, priority=0, progress=trace.callback("low"),
-                                               **SMALL)
-                futures["high"] = engine.submit(prompt="high", steps=4, priority=5,
-                                                progress=trace.callback("high"), **SMALL)
-                wait_until_queued_at_denoise(engine, count=2)
-
-        futures["a"] = engine.submit(prompt="a", steps=10, progress=trace.callback("a", queue_two), **SMALL)
-        for future in list(futures.values()):
-            future.result(timeout=60)
-        for name in ("low", "high"):
-            futures[name].result(timeout=60)
-    assert trace.last_step("a") < trace.first_step("high")
-    assert trace.last_step("high") < trace.first_step("low")
+        run = Requests(engine)
+        queue_two = run.at(2, lambda: run.submit("low", prompt="low", steps=4, priority=0, **SMALL),
+                           lambda: run.submit("high", prompt="high", steps=4, priority=5, **SMALL))
+        run.submit("a", prompt="a", steps=10, on_steps=(queue_two,), **SMALL)
+        run.results(60)
+    assert run.trace.last_step("a") < run.trace.first_step("high")
+    assert run.trace.last_step("high") < run.trace.first_step("low")
 
 
 def test_requests_of_different_sizes_take_turns_on_the_denoiser():
     """A 96x64 request arriving while a 64x64 one runs cannot share its forwards; it does not wait for it to end
     either: the two sizes alternate, one forward each."""
-    trace = Trace()
-    futures = {}
     with Engine(models="tiny-sd15", device="cpu") as engine:
-
-        def submit_wide(done: int) -> None:
-            if done == 3:
-                futures["wide"] = engine.submit(prompt="wide", steps=5, width=96, height=64, scheduler="euler",
-                                                progress=trace.callback("wide"))
-                wait_until_queued_at_denoise(engine)
-
-        futures["square"] = engine.submit(prompt="square", steps=20, scheduler="euler", width=64, height=64,
-                                          progress=trace.callback("square", submit_wide))
-        futures["square"].result(timeout=60)
-        assert futures["wide"].result(timeout=60).images[0].size == (96, 64)
+        run = Requests(engine)
+        wide = run.at(3, lambda: run.submit("wide", prompt="wide", steps=5, width=96, height=64, scheduler="euler"))
+        run.submit("square", prompt="square", steps=20, scheduler="euler", width=64, height=64, on_steps=(wide,))
+        assert run.results(60)["wide"].images[0].size == (96, 64)
+    trace = run.trace
     start, end = trace.first_step("wide"), trace.last_step("wide")
     assert [who for who, _ in trace.events[start - 1 : end + 1]] == ["square", "wide"] * 5
 
@@ -188,26 +187,15 @@ def test_a_batched_denoiser_forward_equals_each_request_alone_bitwise(model):
 def test_a_request_joining_its_size_does_not_cost_the_other_size_its_turn():
     """While a 64x64 and a 96x64 request alternate, another 64x64 request joins: the rotation stays one forward
     each (a joiner takes its key's turn instead of counting as a fresh arrival)."""
-    trace = Trace()
-    futures = {}
     with Engine(models="tiny-sd15", device="cpu") as engine:
-
-        def submit_wide(done: int) -> None:
-            if done == 3:
-                futures["wide"] = engine.submit(prompt="wide", steps=8, width=96, height=64, scheduler="euler",
-                                                progress=trace.callback("wide", submit_joiner))
-                wait_until_queued_at_denoise(engine)
-
-        def submit_joiner(done: int) -> None:
-            if done == 2:
-                futures["joiner"] = engine.submit(prompt="joiner", steps=4, width=64, height=64, scheduler="euler",
-                                                  progress=trace.callback("joiner"))
-                wait_until_queued_at_denoise(engine)
-
-        futures["square"] = engine.submit(prompt="square", steps=20, scheduler="euler", width=64, height=64,
-                                          progress=trace.callback("square", submit_wide))
-        for name in ("square", "wide", "joiner"):
-            futures[name].result(timeout=60)
+        run = Requests(engine)
+        joiner = run.at(2, lambda: run.submit("joiner", prompt="joiner", steps=4, width=64, height=64,
+                                              scheduler="euler"))
+        wide = run.at(3, lambda: run.submit("wide", prompt="wide", steps=8, width=96, height=64, scheduler="euler",
+                                            on_steps=(joiner,)))
+        run.submit("square", prompt="square", steps=20, scheduler="euler", width=64, height=64, on_steps=(wide,))
+        run.results(60)
+    trace = run.trace
     wide_steps = [i for i, (who, _) in enumerate(trace.events) if who == "wide"]
     square_done = [trace.steps_done_before("square", i) for i in wide_steps]
     assert [b - a for a, b in zip(square_done, square_done[1:])] == [1] * 7  # one square forward between each
