@@ -1,5 +1,7 @@
 """The command line, run in-process."""
 
+import json
+
 from PIL import Image
 
 from baton.cli import main
@@ -42,3 +44,23 @@ def test_info_reports_versions_and_devices(capsys):
     assert main(["info"]) == 0
     out = capsys.readouterr().out
     assert "torch" in out and "diffusers" in out and "cuda available" in out
+
+
+def test_info_with_a_model_reports_the_applied_optimizations(capsys):
+    assert main(["info", "--model", "tiny-sd15", "--preset", "low-memory", "--attention", "classic"]) == 0
+    out = capsys.readouterr().out
+    assert "preset low-memory" in out and "vae slicing" in out and "attention: classic" in out
+
+
+def test_an_option_the_device_cannot_run_exits_2_naming_it(capsys):
+    assert main(["generate", "a fox", "--device", "cpu", "--cuda-graphs"]) == 2
+    assert "`cuda_graphs` needs a CUDA device" in capsys.readouterr().out
+
+
+def test_generate_with_a_profile(tmp_path, capsys):
+    code = main(["generate", "a fox", "--steps", "2", "--size", "64x64", "--out", str(tmp_path / "img"),
+                 "--profile", str(tmp_path / "profile"), "--vae-slicing"])
+    assert code == 0
+    summary = json.loads((tmp_path / "profile" / "summary.json").read_text())
+    assert summary["denoise"]["ranges"] >= 2 and summary["vae_decode"]["top"]
+    assert "trace.json" in capsys.readouterr().out

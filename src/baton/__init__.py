@@ -17,6 +17,11 @@ _EXPORTS = {
     "DenoiseConfig": "baton.config",
     "RequestLimits": "baton.config",
     "StageConfig": "baton.config",
+    "OptimizationConfig": "baton.config",
+    "CompileConfig": "baton.config",
+    "PromptCacheConfig": "baton.config",
+    "preset_config": "baton.optim.presets",
+    "PRESETS": "baton.optim.presets",
     "GenerationRequest": "baton.request",
     "GenerationResult": "baton.request",
     "StageTiming": "baton.request",
@@ -32,7 +37,16 @@ _EXPORTS = {
 __all__ = [*_EXPORTS, "__version__"]
 
 if TYPE_CHECKING:
-    from baton.config import DenoiseConfig, EngineConfig, RequestLimits, StageConfig
+    from baton.config import (
+        CompileConfig,
+        DenoiseConfig,
+        EngineConfig,
+        OptimizationConfig,
+        PromptCacheConfig,
+        RequestLimits,
+        StageConfig,
+    )
+    from baton.optim.presets import PRESETS, preset_config
     from baton.engine import Engine
     from baton.errors import (
         BatonError,

@@ -14,6 +14,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from baton import __version__
+from baton.optim.cli_args import add_optimization_args, config_from_args
 
 console = Console()
 
@@ -55,12 +56,21 @@ def _parser() -> argparse.ArgumentParser:
     generate.add_argument("--device", default="auto")
     generate.add_argument("--dtype", default="auto", choices=("auto", "float32", "float16", "bfloat16"))
     generate.add_argument("--mode", default="staged", choices=("staged", "stacked"))
+    generate.add_argument("--profile", type=Path, default=None, metavar="DIR",
+                          help="write a torch.profiler trace and a per-stage summary of this generation to DIR")
+    add_optimization_args(generate)
     generate.set_defaults(handler=_generate)
 
     models = commands.add_parser("models", help="list the built-in models with their parameter counts")
     models.set_defaults(handler=_models)
 
-    info = commands.add_parser("info", help="versions, devices and dtypes available here")
+    info = commands.add_parser(
+        "info", help="versions, devices and dtypes available here; with --model, what an engine would apply"
+    )
+    info.add_argument("--model", default=None, help="load this model and report the optimizations applied to it")
+    info.add_argument("--device", default="auto")
+    info.add_argument("--dtype", default="auto", choices=("auto", "float32", "float16", "bfloat16"))
+    add_optimization_args(info)
     info.set_defaults(handler=_info)
 
     from baton.bench.cli import add_bench_parser
@@ -93,11 +103,10 @@ def _generate(args: argparse.Namespace) -> int:
         scheduler=args.scheduler,
         output_format=args.format,
     )
-    with console.status(f"loading {args.model} …"):
-        engine = Engine(models=(args.model,), device=args.device, dtype=args.dtype, mode=args.mode)
+    engine = _engine(args, mode=args.mode)
     with engine:
         request = engine.resolve(request)  # bad input fails here, before any model work
-        with _progress() as progress:
+        with _profile(args.profile, engine.device) as profile, _progress() as progress:
             task = progress.add_task("denoising", total=request.steps)
             future = engine.submit(request, progress=lambda done, total: progress.update(task, completed=done,
                                                                                          total=total))
@@ -112,7 +121,29 @@ def _generate(args: argparse.Namespace) -> int:
     _print_timings(result, engine.describe())
     for path in paths:
         console.print(f"wrote {path}")
+    if args.profile is not None:
+        console.print(f"wrote {profile['trace']} (open in https://ui.perfetto.dev) and {profile['summary_path']}")
     return 0
+
+
+def _engine(args: argparse.Namespace, **fields):
+    from baton import Engine
+    from baton.device import resolve_device
+
+    device_type = resolve_device(args.device).type
+    config = config_from_args(args, device_type, models=(args.model,), device=args.device, dtype=args.dtype, **fields)
+    with console.status(f"loading {args.model} …"):
+        return Engine(config)
+
+
+def _profile(out_dir: Path | None, device):
+    import contextlib
+
+    if out_dir is None:
+        return contextlib.nullcontext({})
+    from baton.optim.profiling import profiled
+
+    return profiled(out_dir, device)
 
 
 def _progress() -> Progress:
@@ -195,6 +226,15 @@ def _info(args: argparse.Namespace) -> int:
     for name, value in rows:
         table.add_row(name, value)
     console.print(table)
+    if args.model is not None:
+        with _engine(args) as engine:
+            described = engine.describe()
+        for model in described["models"]:
+            applied = Table(title=f"{model['name']} on {model['device']}: preset {described['preset'] or 'none'}",
+                            show_header=False)
+            for line in model["optimizations"]:
+                applied.add_row(line)
+            console.print(applied)
     return 0
 
 

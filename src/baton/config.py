@@ -11,10 +11,16 @@ from typing import Literal
 EngineMode = Literal["staged", "stacked"]
 DTypeName = Literal["auto", "float32", "float16", "bfloat16"]
 DenoiseBatching = Literal["step", "request"]
+AttentionName = Literal["sdpa", "flash", "efficient", "cudnn", "math", "classic"]
+CompileMode = Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"]
+OffloadName = Literal["none", "model", "sequential"]
 
 ENGINE_MODES: tuple[str, ...] = ("staged", "stacked")
 DENOISE_BATCHING: tuple[str, ...] = ("step", "request")
 DTYPE_NAMES: tuple[str, ...] = ("auto", "float32", "float16", "bfloat16")
+ATTENTION_NAMES: tuple[str, ...] = ("sdpa", "flash", "efficient", "cudnn", "math", "classic")
+COMPILE_MODES: tuple[str, ...] = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+OFFLOAD_NAMES: tuple[str, ...] = ("none", "model", "sequential")
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,6 +107,130 @@ class DenoiseConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class CompileConfig:
+    """``torch.compile`` of the denoiser (and optionally the VAE decoder) over static shape buckets.
+
+    A serving engine must never recompile after warm-up: the denoiser's rows are padded up to the next bucket of
+    :attr:`batch_buckets`, each bucket is compiled once per size of :attr:`sizes` at start-up, and a forward
+    whose rows or size fall outside them runs the eager model (logged once per shape) instead of compiling."""
+
+    enabled: bool = False
+    """Compile the denoiser."""
+    mode: CompileMode = "default"
+    """``torch.compile`` mode. ``reduce-overhead`` uses CUDA graphs (CUDA only; do not combine with
+    :attr:`OptimizationConfig.cuda_graphs`)."""
+    fullgraph: bool = False
+    """Fail instead of falling back to eager for parts dynamo cannot trace."""
+    vae: bool = False
+    """Also compile the VAE decoder (one compile per decode batch size and image size that occurs)."""
+    batch_buckets: tuple[int, ...] = (1, 2, 4, 8, 16)
+    """Denoiser row counts compiled; a forward with ``r`` rows runs in the smallest bucket ``>= r``."""
+    sizes: tuple[tuple[int, int], ...] = ()
+    """Image sizes (width, height) compiled; empty: the model's native size only."""
+    cache_dir: str | None = None
+    """Persistent compile cache (``TORCHINDUCTOR_CACHE_DIR``) so a restart is ready in seconds. ``None``:
+    ``$TORCHINDUCTOR_CACHE_DIR`` when set, else ``~/.cache/baton/inductor``."""
+    warmup: bool = True
+    """Compile every bucket at start-up (with a progress bar), so no request pays for a compile."""
+
+    def __post_init__(self) -> None:
+        _require(self.mode in COMPILE_MODES, "compile.mode", self.mode, f"must be one of {COMPILE_MODES}")
+        buckets = tuple(self.batch_buckets)
+        _require(len(buckets) >= 1 and all(isinstance(b, int) and b >= 1 for b in buckets), "compile.batch_buckets",
+                 self.batch_buckets, "must be positive integers")
+        object.__setattr__(self, "batch_buckets", tuple(sorted(set(buckets))))
+        sizes = tuple(tuple(size) for size in self.sizes)
+        _require(all(len(size) == 2 and min(size) >= 8 for size in sizes), "compile.sizes", self.sizes,
+                 "must be (width, height) pairs")
+        object.__setattr__(self, "sizes", sizes)
+
+
+@dataclass(frozen=True, slots=True)
+class PromptCacheConfig:
+    """An LRU cache of prompt embeddings per model, bounded in bytes (see ``baton.optim.prompt_cache``)."""
+
+    max_bytes: int = 0
+    """Device memory the cached embeddings may take; 0 turns the cache off. An SD1.5 prompt with its negative
+    takes 236 KB in float16, an SDXL one 632 KB."""
+    precompute: tuple[str, ...] = ()
+    """Prompts encoded at start-up (with the empty negative prompt), e.g. a service's fixed style prompts."""
+    text_encoders_on_cpu: bool = False
+    """Keep the text encoders in host memory (float32) once :attr:`precompute` is cached: device memory is freed,
+    and a prompt missing from the cache is encoded on the CPU. CUDA only (on a CPU they are there already)."""
+
+    def __post_init__(self) -> None:
+        _require(self.max_bytes >= 0, "prompt_cache.max_bytes", self.max_bytes, "must be >= 0")
+        object.__setattr__(self, "precompute", tuple(self.precompute))
+        _require(not self.precompute or self.max_bytes > 0, "prompt_cache.precompute", self.precompute,
+                 "needs a cache: set `prompt_cache.max_bytes` > 0")
+        _require(not self.text_encoders_on_cpu or self.max_bytes > 0, "prompt_cache.text_encoders_on_cpu",
+                 self.text_encoders_on_cpu, "needs a cache: set `prompt_cache.max_bytes` > 0")
+
+
+@dataclass(frozen=True, slots=True)
+class OptimizationConfig:
+    """The optimization toolbox, applied to every model in one place (``baton.optim.apply``) and logged at start.
+
+    Options that cannot apply on the engine's device are refused with an error that says why; none is dropped
+    silently. Presets (``baton.optim.presets``) are named sets of these fields."""
+
+    preset: str | None = None
+    """The preset these options came from (informational: ``describe()`` reports it)."""
+    attention: AttentionName = "sdpa"
+    """``sdpa``: PyTorch's scaled-dot-product attention, backend chosen by PyTorch. ``flash``, ``efficient``,
+    ``cudnn``, ``math``: SDPA restricted to that backend (``efficient`` and ``cudnn`` need CUDA). ``classic``:
+    diffusers' pre-SDPA attention processor that materializes the attention matrix (the unoptimized baseline)."""
+    text_encoder_dtype: DTypeName = "auto"
+    """Precision of the text encoder(s); ``auto``: the engine's ``dtype``."""
+    vae_dtype: DTypeName = "auto"
+    """Precision of the VAE; ``auto``: the engine's ``dtype``, except float32 when that is float16 and the VAE
+    says it overflows in float16 (``force_upcast``, SDXL's VAE): a float32 copy is kept for decoding."""
+    channels_last: bool = False
+    """Denoiser and VAE weights and activations in the channels-last memory format (faster convolutions on
+    tensor cores)."""
+    fuse_qkv: bool = False
+    """Fuse each self-attention's query, key and value projections into one GEMM (not with ``classic``)."""
+    compile: CompileConfig = field(default_factory=CompileConfig)
+    """``torch.compile`` with static shape buckets."""
+    cuda_graphs: bool = False
+    """Capture the denoiser in a CUDA graph per shape bucket (``compile.batch_buckets`` x ``compile.sizes``) and
+    replay it: one launch per forward instead of hundreds. CUDA only."""
+    offload: OffloadName = "none"
+    """``model``: each model (text encoders, denoiser, VAE) lives in host memory and moves to the GPU while it
+    runs. ``sequential``: weights move layer by layer (least memory, slowest). CUDA only; runs the stages on one
+    thread (fused stages)."""
+    vae_slicing: bool = False
+    """Decode a batch one image at a time (lower peak memory for multi-image batches)."""
+    vae_tiling: bool = False
+    """Decode large images in overlapping tiles (lower peak memory at large sizes; may show faint seams)."""
+    vae: str | None = None
+    """Replace the model's VAE for decoding: ``taesd`` / ``taesdxl`` (the tiny autoencoder's architectures, random
+    weights, for benchmarks), or a folder or hub id holding an ``AutoencoderTiny`` or ``AutoencoderKL`` (e.g. an
+    fp16-safe SDXL VAE). Lossy for the tiny autoencoder: it trades detail for a ~10x cheaper decode."""
+    prompt_cache: PromptCacheConfig = field(default_factory=PromptCacheConfig)
+    """The prompt-embedding cache (off by default)."""
+
+    def __post_init__(self) -> None:
+        _require(self.attention in ATTENTION_NAMES, "attention", self.attention, f"must be one of {ATTENTION_NAMES}")
+        for name in ("text_encoder_dtype", "vae_dtype"):
+            value = getattr(self, name)
+            _require(value in DTYPE_NAMES, name, value, f"must be one of {DTYPE_NAMES}")
+        _require(self.offload in OFFLOAD_NAMES, "offload", self.offload, f"must be one of {OFFLOAD_NAMES}")
+        _require(not (self.fuse_qkv and self.attention == "classic"), "fuse_qkv", self.fuse_qkv,
+                 "needs an SDPA attention (the fused processor is SDPA); `attention` is 'classic'")
+        _require(not (self.cuda_graphs and self.compile.mode == "reduce-overhead"), "cuda_graphs", self.cuda_graphs,
+                 "duplicates compile mode 'reduce-overhead' (which already uses CUDA graphs); use one of them")
+        _require(not (self.offload != "none" and (self.cuda_graphs or self.compile.enabled)), "offload",
+                 self.offload, "cannot be combined with compile or CUDA graphs (they need the weights to stay "
+                 "on the device)")
+
+    @property
+    def static_shapes(self) -> bool:
+        """Whether the denoiser runs over padded shape buckets (compile or CUDA graphs)."""
+        return self.compile.enabled or self.cuda_graphs
+
+
+@dataclass(frozen=True, slots=True)
 class EngineConfig:
     """Everything that shapes an :class:`~baton.Engine`.
 
@@ -145,6 +275,9 @@ class EngineConfig:
     """Run the denoiser's few batch-sensitive layers per request, so an image never depends on what it was
     batched with (``baton.models.invariance``). ``None``: on for a CPU, off for CUDA (where cuBLAS chooses
     kernels by shape, so it would not guarantee invariance, and fp16 rounding dominates anyway)."""
+    optimizations: OptimizationConfig = field(default_factory=OptimizationConfig)
+    """Precision, attention, compile, CUDA graphs, memory savers, prompt cache (see :class:`OptimizationConfig`;
+    presets: ``baton.optim.presets``)."""
     image_workers: int = 2
     """Threads of the CPU pool that turns pixels into PNG/JPEG/WebP bytes."""
     limits: RequestLimits = field(default_factory=RequestLimits)
@@ -168,6 +301,11 @@ class EngineConfig:
         _require(self.image_workers >= 1, "image_workers", self.image_workers, "must be >= 1")
         _require(self.gil_switch_interval_s is None or self.gil_switch_interval_s > 0, "gil_switch_interval_s",
                  self.gil_switch_interval_s, "must be None or > 0")
+        optimizations = self.optimizations
+        _require(not (optimizations.offload != "none" and self.fused_stages is False), "fused_stages",
+                 self.fused_stages, "must not be False with `offload` (offloading needs one thread to own the models)")
+        _require(not (optimizations.static_shapes and self.batch_invariant), "batch_invariant", self.batch_invariant,
+                 "cannot be combined with compile or CUDA graphs (the per-request layers would vary the graph)")
 
 
 def _require(ok: bool, name: str, value: object, rule: str) -> None:

@@ -47,6 +47,20 @@ def set_thread_cpu_threads(count: int) -> None:
     torch.set_num_threads(count)
 
 
+@contextlib.contextmanager
+def labelled(name: str, device: torch.device) -> Iterator[None]:
+    """A named range in profiler traces (``record_function``) and, on CUDA, in Nsight (NVTX)."""
+    with torch.profiler.record_function(name):
+        if device.type != "cuda":
+            yield
+            return
+        torch.cuda.nvtx.range_push(name)
+        try:
+            yield
+        finally:
+            torch.cuda.nvtx.range_pop()
+
+
 @dataclass(frozen=True, slots=True)
 class Mark:
     """A point in one stage's timeline: a CUDA timing event on a GPU, ``perf_counter`` on both."""

@@ -23,6 +23,7 @@ from baton.device import resolve_device, resolve_dtype
 from baton.errors import EngineClosedError, EngineDeadError, QueueFullError
 from baton.executors import Executor, StackedExecutor, StagedExecutor
 from baton.models import SCHEDULER_NAMES, ModelRunner, load_model
+from baton.optim import apply_optimizations, check_optimizations
 from baton.request import GenerationRequest, GenerationResult, validate_request
 from baton.stages import Job, ProgressCallback
 
@@ -45,21 +46,28 @@ class Engine:
 
     def __init__(self, config: EngineConfig | None = None, **overrides: Any) -> None:
         config = config or EngineConfig()
-        self.config = dataclasses.replace(config, **overrides) if overrides else config
-        self.device = resolve_device(self.config.device)
-        self.dtype = resolve_dtype(self.config.dtype, self.device)
+        config = dataclasses.replace(config, **overrides) if overrides else config
+        self.device = resolve_device(config.device)
+        self.dtype = resolve_dtype(config.dtype, self.device)
+        check_optimizations(config, self.device)  # refuse what cannot apply here before loading anything
+        if config.optimizations.offload != "none" and config.fused_stages is None:
+            config = dataclasses.replace(config, fused_stages=True)  # one thread owns the offloaded models
+        self.config = config
         self._lock = threading.Lock()
         self._inflight: dict[str, Job] = {}
         self._closed = False
         self._dead: BaseException | None = None
         self._abort = threading.Event()
 
-        # 1. load every model before any worker starts: a bad name fails here, not at the first request
+        # 1. load every model and apply the optimizations before any worker starts: a bad name fails here
         self.runners: dict[str, ModelRunner] = {}
         for name in self.config.models:
             runner = load_model(name, self.device, self.dtype)
             if self.config.batch_invariant is not None:
                 runner.batch_invariant = self.config.batch_invariant
+            runner.optimizations = apply_optimizations(runner, self.config, show_progress=sys.stderr.isatty())
+            for line in runner.optimizations:
+                logger.info("%s: %s", name, line)
             self.runners[name] = runner
         self.default_model = self.config.models[0]
 
@@ -185,6 +193,8 @@ class Engine:
             "dtype": str(self.dtype).removeprefix("torch."),
             "models": [runner.describe() for runner in self.runners.values()],
             "schedulers": list(SCHEDULER_NAMES),
+            "preset": self.config.optimizations.preset,
+            "optimizations": dataclasses.asdict(self.config.optimizations),
         }
         if self.config.mode == "staged":
             described["denoise"] = dataclasses.asdict(self.config.denoise)

@@ -46,6 +46,28 @@ def add_bench_parser(commands: argparse._SubParsersAction, size_type) -> None:
     serve.add_argument("--plot", type=Path, default=None, help="write the PNG charts into this folder")
     serve.set_defaults(handler=_serve)
 
+    optimizations = benches.add_parser(
+        "optimizations",
+        help="latency, peak memory and image drift of each optimization and preset (the SDXL write-up's table)",
+        description="Run each optimization configuration and preset in its own process: last-of-N latency, peak "
+        "memory, and PSNR against the float32 reference of the same seed.",
+    )
+    optimizations.add_argument("--model", default="tiny-sdxl")
+    optimizations.add_argument("--images", type=int, default=4, help="images per generation")
+    optimizations.add_argument("--steps", type=int, default=50)
+    optimizations.add_argument("--size", type=size_type, default=None, help="WIDTHxHEIGHT (default: the model's)")
+    optimizations.add_argument("--iterations", type=int, default=3)
+    optimizations.add_argument("--device", default="auto")
+    optimizations.add_argument("--half", default="auto", choices=("auto", "float16", "bfloat16"),
+                               help="the half precision of the rows (auto: float16 on CUDA, bfloat16 on a CPU)")
+    optimizations.add_argument("--only", type=_names, default="",
+                               help="comma-separated parts of row names to run (the reference always runs)")
+    optimizations.add_argument("--compile-cache", default=None, help="persistent compile cache folder")
+    optimizations.add_argument("--out", type=Path, default=None,
+                               help="folder for optimizations.json/.md/.png (default: a new folder in "
+                                    "benchmarks/results/)")
+    optimizations.set_defaults(handler=_optimizations)
+
 
 def _serve(args: argparse.Namespace) -> int:
     from baton.bench.report import serve_markdown, write_serve_outputs
@@ -81,6 +103,29 @@ def _serve(args: argparse.Namespace) -> int:
         plot_dir=args.plot or out,
     )
     print(serve_markdown(report))  # plain markdown on stdout: pipe it into a file or a README
+    for path in paths:
+        console.print(f"wrote {path}", highlight=False)
+    return 0
+
+
+def _optimizations(args: argparse.Namespace) -> int:
+    from baton.bench.optimizations import OptimizationSettings, run_optimizations
+    from baton.bench.optimizations_report import optimizations_markdown, write_optimizations_outputs
+
+    width, height = args.size if args.size else (None, None)
+    settings = OptimizationSettings(
+        model=args.model, images=args.images, steps=args.steps, width=width, height=height, device=args.device,
+        half=args.half, iterations=args.iterations, only=tuple(args.only), compile_cache=args.compile_cache,
+    )
+    console = Console()
+    report = run_optimizations(settings, log=lambda line: console.print(line, highlight=False))
+    out = args.out
+    if out is None:
+        stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M")
+        size = f"{width}x{height}" if width else "native"
+        out = RESULTS_DIR / f"optimizations-{args.model.replace('/', '_')}-{size}-{stamp}"
+    paths = write_optimizations_outputs(report, out)
+    print(optimizations_markdown(report))
     for path in paths:
         console.print(f"wrote {path}", highlight=False)
     return 0

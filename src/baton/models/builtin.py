@@ -8,6 +8,9 @@ they draw are noise.
 
 from __future__ import annotations
 
+import contextlib
+import logging
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,6 +27,19 @@ from diffusers import (
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
 from baton.models.tokenizers import BOS_TOKEN, EOS_TOKEN, byte_level_clip_tokenizer, byte_level_vocab
+
+@contextlib.contextmanager
+def quiet_casts() -> Iterator[None]:
+    """diffusers warns on every ``module.to(dtype)`` that some modules "should be kept in float32", even when
+    it lists none; a deliberate cast of a whole model is not news."""
+    modeling_logger = logging.getLogger("diffusers.models.modeling_utils")
+    level = modeling_logger.level
+    modeling_logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        modeling_logger.setLevel(level)
+
 
 # Schedulers as the published model folders configure them. Every value is spelled out: diffusers treats an
 # unset value as "use the default of whatever scheduler class this config is converted to", and a config that
@@ -78,7 +94,7 @@ class BuiltinSpec:
             torch.manual_seed(seed)
             modules = self._modules()
         for module in modules.values():
-            if dtype != torch.float32:  # built in float32; skipping the no-op cast also skips diffusers' warning
+            with quiet_casts():
                 module.to(dtype=dtype)
             module.eval().requires_grad_(False)
         return self._assemble(modules)

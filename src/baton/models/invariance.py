@@ -65,8 +65,18 @@ class RequestSegments:
 
     def __init__(self, linears: Sequence[torch.nn.Linear]) -> None:
         self._local = threading.local()
+        self._patched: list[tuple[torch.nn.Linear, object | None]] = []
         for linear in linears:
             self._patch(linear)
+
+    def remove(self) -> None:
+        """Give the linears back their own forwards (a compiled model must not trace the per-thread switch)."""
+        for linear, own_forward in self._patched:
+            if own_forward is None:
+                del linear.forward  # the class's forward again
+            else:
+                linear.forward = own_forward
+        self._patched = []
 
     @contextlib.contextmanager
     def split(self, rows: Sequence[int]) -> Iterator[None]:
@@ -79,6 +89,7 @@ class RequestSegments:
 
     def _patch(self, linear: torch.nn.Linear) -> None:
         forward = linear.forward
+        self._patched.append((linear, vars(linear).get("forward")))
         local = self._local
 
         def split_forward(sample: torch.Tensor) -> torch.Tensor:

@@ -10,20 +10,29 @@ Row layout: a request with ``n`` images and classifier-free guidance contributes
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 from diffusers import DiffusionPipeline
 from diffusers.utils.torch_utils import randn_tensor
 
+from baton.models.builtin import quiet_casts
 from baton.models.invariance import RequestSegments, batch_variant_layers
 from baton.models.schedulers import SchedulerFactory
 from baton.request import GenerationRequest
+
+if TYPE_CHECKING:  # the optimizations import this module; the runner only holds what they build
+    from baton.optim.memory import ModelOffload
+    from baton.optim.prompt_cache import PromptCache
+
+Denoiser = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, dict[str, torch.Tensor]], torch.Tensor]
+"""(latents [rows, C, h, w], timesteps [rows], hidden states [rows, seq, D], added conditions) → noise."""
 
 
 @dataclass(slots=True)
@@ -91,6 +100,24 @@ class ModelRunner(ABC):
         self.batch_invariant = device.type == "cpu"
         """Run the batch-variant layers per request (see ``baton.models.invariance``); the engine sets it."""
 
+        # What ``baton.optim.apply_optimizations`` may change; the defaults are the plain eager models.
+        self.denoiser: Denoiser = self.eager_denoiser
+        """The denoiser the stages call: eager, or compiled / CUDA-graphed over static shape buckets."""
+        self.text_device = device
+        """Where the text encoders run (the CPU when ``prompt_cache.text_encoders_on_cpu``)."""
+        self.prompt_cache: PromptCache | None = None
+        self.offload: ModelOffload | None = None
+        self.attention_backends: list | None = None
+        """SDPA backends the model calls are restricted to (``torch.nn.attention.sdpa_kernel``); None: any."""
+        self.optimizations: list[str] = []
+        """What was applied, one line each, for logs and ``describe()``."""
+        self.warmup_s: float | None = None
+
+    def remove_batch_invariance(self) -> None:
+        """Drop the per-request layers for good (compiled and graphed denoisers need one fixed graph)."""
+        self._request_segments.remove()
+        self.batch_invariant = False
+
     # -- shapes ---------------------------------------------------------------------------------------------------
     @property
     def vae_scale_factor(self) -> int:
@@ -113,13 +140,44 @@ class ModelRunner(ABC):
     # -- family-specific ------------------------------------------------------------------------------------------
     @abstractmethod
     def encode_prompts(self, inputs: list[PromptInput]) -> list[PromptEmbeddings]:
-        """Encode a batch of prompts (and, where needed, negatives) in one pass; one result per input."""
+        """Encode a batch of prompts (and, where needed, negatives) in one pass on :attr:`text_device`; one
+        result per input."""
 
     @abstractmethod
     def conditioning(self, embeddings: PromptEmbeddings, request: GenerationRequest) -> Conditioning:
         """The denoiser rows of one request (see the module docstring for their order)."""
 
     # -- shared ---------------------------------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def running(self, component: str) -> Iterator[None]:
+        """Around every model call: ``component`` (``text``, ``denoiser`` or ``vae``) on the device when models are
+        offloaded, and attention restricted to the chosen SDPA backends."""
+        if self.offload is not None:
+            self.offload.use(component)
+        if self.attention_backends is None:
+            yield
+            return
+        from torch.nn.attention import sdpa_kernel
+
+        with sdpa_kernel(self.attention_backends):
+            yield
+
+    def encode(self, inputs: list[PromptInput]) -> list[PromptEmbeddings]:
+        """Prompt embeddings on the device in the model's dtype, from the prompt cache where it holds them."""
+        if self.prompt_cache is not None:
+            return self.prompt_cache.encode(inputs, self._encode_uncached)
+        return self._encode_uncached(inputs)
+
+    def _encode_uncached(self, inputs: list[PromptInput]) -> list[PromptEmbeddings]:
+        with self.running("text"):
+            encoded = self.encode_prompts(inputs)
+        for embeddings in encoded:  # no-ops unless the encoders run elsewhere or in another precision
+            embeddings.tensors = {
+                name: tensor.to(self.device, self.dtype, non_blocking=True)
+                for name, tensor in embeddings.tensors.items()
+            }
+        return encoded
+
     def initial_latents(self, request: GenerationRequest, generator: torch.Generator, init_noise_sigma: Any):
         """The request's starting noise, drawn exactly as the diffusers pipeline draws it from the same seed."""
         shape = (
@@ -140,14 +198,16 @@ class ModelRunner(ABC):
     ) -> torch.Tensor:  # [rows, C, h, w]
         """The denoiser over a batch of rows; ``request_rows`` says how many consecutive rows each request owns,
         so the layers that batching would perturb run per request (``baton.models.invariance``)."""
-        with self._request_segments.split(request_rows if self.batch_invariant else ()):
-            return self.pipeline.unet(
-                latents,
-                timesteps,
-                encoder_hidden_states=conditioning.hidden_states,
-                added_cond_kwargs=conditioning.added or None,
-                return_dict=False,
-            )[0]
+        with self._request_segments.split(request_rows if self.batch_invariant else ()), self.running("denoiser"):
+            return self.denoiser(latents, timesteps, conditioning.hidden_states, conditioning.added)
+
+    def eager_denoiser(
+        self, latents: torch.Tensor, timesteps: torch.Tensor, hidden: torch.Tensor, added: dict[str, torch.Tensor]
+    ) -> torch.Tensor:
+        """The UNet itself, called as the diffusers pipelines call it."""
+        return self.pipeline.unet(
+            latents, timesteps, encoder_hidden_states=hidden, added_cond_kwargs=added or None, return_dict=False
+        )[0]
 
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         """Latents [B, C, h, w] → pixels [B, 3, H, W] in [0, 1], on the device."""
@@ -160,7 +220,8 @@ class ModelRunner(ABC):
             latents = latents * std / config.scaling_factor + mean
         else:
             latents = latents / config.scaling_factor
-        image = vae.decode(latents, return_dict=False)[0]
+        with self.running("vae"):
+            image = vae.decode(latents, return_dict=False)[0]
         return (image / 2 + 0.5).clamp(0, 1)
 
     def run_pipeline(self, request: GenerationRequest, generator: torch.Generator) -> torch.Tensor:
@@ -169,6 +230,11 @@ class ModelRunner(ABC):
         if pipe is None:
             pipe = self.pipeline_with_scheduler(request.scheduler)
             self._stacked_pipelines[request.scheduler] = pipe
+        with self.running("denoiser"):
+            return self._call_pipeline(pipe, request, generator)
+
+    @staticmethod
+    def _call_pipeline(pipe: DiffusionPipeline, request: GenerationRequest, generator: torch.Generator):
         return pipe(
             prompt=request.prompt,
             negative_prompt=request.negative_prompt,
@@ -185,15 +251,11 @@ class ModelRunner(ABC):
         """A plain diffusers pipeline sharing this runner's modules, with its own ``scheduler`` copy."""
         # from_pipe casts every module to its `dtype` (float32 when not given), and these modules are
         # shared with the staged path: pass ours so the cast is a no-op, and mute its warning about casting.
-        modeling_logger = logging.getLogger("diffusers.models.modeling_utils")
-        level = modeling_logger.level
-        modeling_logger.setLevel(logging.ERROR)
-        try:
+        with quiet_casts():
+            # the VAE is passed on explicitly: from_pipe drops a tiny autoencoder, whose class it does not expect
             pipe = self.pipeline_class.from_pipe(
-                self.pipeline, scheduler=self.schedulers.new(scheduler), dtype=self.dtype
+                self.pipeline, scheduler=self.schedulers.new(scheduler), vae=self.pipeline.vae, dtype=self.dtype
             )
-        finally:
-            modeling_logger.setLevel(level)
         pipe.set_progress_bar_config(disable=True)
         return pipe
 
@@ -211,4 +273,7 @@ class ModelRunner(ABC):
             "default_size": self.default_size,
             "batch_invariant": self.batch_invariant,
             "parameters": parameters,
+            "optimizations": list(self.optimizations),
+            "warmup_s": self.warmup_s,
+            "prompt_cache": self.prompt_cache.stats() if self.prompt_cache is not None else None,
         }

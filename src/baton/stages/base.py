@@ -17,7 +17,7 @@ from collections.abc import Callable, Hashable
 import torch
 
 from baton.config import DenoiseConfig, StageConfig
-from baton.device import StageStream, set_thread_cpu_threads
+from baton.device import StageStream, labelled, set_thread_cpu_threads
 from baton.errors import EngineClosedError, StageError
 from baton.scheduling import Waiting, plan_batch
 from baton.stages.job import Job
@@ -199,7 +199,8 @@ class BatchStage(Stage):
                 job.records[self.name].batch_images = images
             self._handed_on.clear()
             try:
-                self.run_batch(live)
+                with labelled(f"baton/{self.name}", self._device):
+                    self.run_batch(live)
             except Exception as exc:
                 logger.exception("stage %s failed a batch of %d request(s)", self.name, len(live))
                 for job in live:

@@ -23,6 +23,7 @@ import torch
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 
 from baton.config import DenoiseConfig
+from baton.device import labelled
 from baton.errors import EngineClosedError, StageError
 from baton.models.runner import Conditioning
 from baton.scheduling import Running, StepPolicy, Waiting
@@ -159,7 +160,8 @@ class DenoiseStage(Stage):
     def _forward(self, group: list[DenoiseState]) -> None:
         """One denoiser forward over ``group``, then each request's own scheduler step; hand on the finished."""
         try:
-            self._step(group, self._group_conditioning(group))
+            with labelled("baton/denoise", self._device):
+                self._step(group, self._group_conditioning(group))
         except Exception as exc:
             logger.exception("denoise failed a forward of %d request(s)", len(group))
             self._running = [state for state in self._running if state not in group]

@@ -28,6 +28,6 @@ class TextEncodeStage(BatchStage):
             )
             for job in jobs
         ]
-        for job, embeddings in zip(jobs, runner.encode_prompts(inputs), strict=True):
+        for job, embeddings in zip(jobs, runner.encode(inputs), strict=True):
             job.embeddings = embeddings
             self.hand_on(job)

@@ -21,7 +21,7 @@ class StableDiffusionRunner(ModelRunner):
         # diffusers encodes a missing negative prompt as "", so one padded batch serves every request.
         positive, negative = self.pipeline.encode_prompt(
             [item.prompt for item in inputs],
-            self.device,
+            self.text_device,
             num_images_per_prompt=1,
             do_classifier_free_guidance=with_negative,
             negative_prompt=[item.negative_prompt or "" for item in inputs] if with_negative else None,

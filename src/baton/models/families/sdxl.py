@@ -27,7 +27,7 @@ class StableDiffusionXLRunner(ModelRunner):
         with_negative = any(item.needs_negative for item in inputs)
         positive, negative, pooled, negative_pooled = self.pipeline.encode_prompt(
             prompt=[item.prompt for item in inputs],
-            device=self.device,
+            device=self.text_device,
             num_images_per_prompt=1,
             do_classifier_free_guidance=with_negative,
             negative_prompt=[item.negative_prompt or "" for item in inputs] if with_negative else None,

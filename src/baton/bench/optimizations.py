@@ -1,0 +1,258 @@
+"""``baton bench optimizations``: the SDXL optimization write-up's table, reproduced with baton's engine.
+
+Each configuration (fp32 with the classic attention; half precision; + SDPA; + compile; + offload; + VAE slicing;
++ precomputed text embeddings; + the tiny autoencoder; each preset) runs in a fresh process, so peak memory is
+its own (device memory on CUDA, peak RSS on a CPU) and no CPU thread pool is shared between rows. Each runs
+``iterations`` generations of ``images`` images from one prompt and seed; the last one's latency is reported, and
+its images are compared with the first row's (float32, the reference): PSNR in dB and max abs difference on pixels
+in [0, 1]. Two stacked rows run the plain diffusers pipeline in the same run, as the baseline. A row that cannot
+apply on the device (offload on a CPU, say) is reported as skipped, with the engine's own refusal as the reason.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import multiprocessing
+import resource
+import tempfile
+import time
+import traceback
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from baton.bench.machine import describe_machine
+from baton.config import CompileConfig, EngineConfig, OptimizationConfig, PromptCacheConfig
+from baton.optim.presets import LOSSLESS_PRESETS, PRESETS, preset_config
+
+logger = logging.getLogger(__name__)
+
+PROMPT = "a majestic lion jumping from a big stone at night"  # the write-up's prompt
+LOSSLESS_PSNR_DB = 35.0
+
+
+@dataclass(frozen=True, slots=True)
+class OptimizationSettings:
+    model: str = "tiny-sdxl"
+    images: int = 4
+    steps: int = 50
+    width: int | None = None
+    height: int | None = None
+    device: str = "auto"
+    half: str = "auto"
+    """The half precision of the table's rows: ``auto`` is float16 on CUDA, bfloat16 on a CPU."""
+    iterations: int = 3
+    seed: int = 0
+    only: tuple[str, ...] = ()
+    """Run only the rows whose names contain one of these (the reference row always runs)."""
+    compile_cache: str | None = None
+    timeout_s: float = 3600.0
+
+    def __post_init__(self) -> None:
+        for name in ("images", "steps", "iterations"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"`{name}` must be >= 1, got {getattr(self, name)!r}")
+
+
+@dataclass(frozen=True, slots=True)
+class Row:
+    name: str
+    config: EngineConfig
+    kind: str  # "reference", "baseline" (stacked diffusers), "option", "preset"
+
+
+def table_rows(settings: OptimizationSettings, device_type: str) -> list[Row]:
+    """The write-up's configurations, then the presets; each an EngineConfig for this device."""
+    half = settings.half if settings.half != "auto" else ("float16" if device_type == "cuda" else "bfloat16")
+    short = {"float16": "fp16", "bfloat16": "bf16", "float32": "fp32"}[half]
+    rows_per_forward = settings.images * 2  # guided
+    size = (settings.width, settings.height) if settings.width and settings.height else None
+    # compiled for this table's one shape only: every other bucket would add a compile and measure nothing
+    compile_here = CompileConfig(enabled=True, batch_buckets=(rows_per_forward,), sizes=(size,) if size else (),
+                                 cache_dir=settings.compile_cache)
+    base = EngineConfig(models=(settings.model,), device=settings.device,
+                        denoise=dataclasses.replace(EngineConfig().denoise, max_rows=max(16, rows_per_forward)))
+    classic = OptimizationConfig(attention="classic")
+    sdpa = OptimizationConfig()
+    cuda = device_type == "cuda"
+
+    def engine(name: str, dtype: str, options: OptimizationConfig, kind: str = "option", mode: str = "staged"):
+        return Row(name, dataclasses.replace(base, dtype=dtype, optimizations=options, mode=mode), kind)
+
+    rows = [
+        engine("fp32, classic attention", "float32", classic, kind="reference"),
+        engine("diffusers fp32, classic attention (stacked)", "float32", classic, kind="baseline", mode="stacked"),
+        engine(f"diffusers {short} + SDPA (stacked)", half, sdpa, kind="baseline", mode="stacked"),
+        engine(f"{short}, classic attention", half, classic),
+        engine(f"{short} + SDPA", half, sdpa),
+        engine(f"{short} + SDPA + compile", half, dataclasses.replace(sdpa, compile=compile_here)),
+        engine(f"{short} + SDPA + model offload", half, dataclasses.replace(sdpa, offload="model")),
+        engine(f"{short} + SDPA + sequential offload", half, dataclasses.replace(sdpa, offload="sequential")),
+        engine(f"{short} + SDPA + VAE slicing", half, dataclasses.replace(sdpa, vae_slicing=True)),
+        engine(f"{short} + SDPA + VAE slicing + sequential offload", half,
+               dataclasses.replace(sdpa, vae_slicing=True, offload="sequential")),
+        engine(f"{short} + SDPA + precomputed text embeddings", half, dataclasses.replace(
+            sdpa, prompt_cache=PromptCacheConfig(max_bytes=64 * 2**20, precompute=(PROMPT,),
+                                                 text_encoders_on_cpu=cuda))),
+        engine(f"{short} + SDPA + tiny autoencoder", half, dataclasses.replace(sdpa, vae="tiny")),
+    ]
+    for preset in PRESETS:
+        config = preset_config(preset, device_type, base)
+        options = config.optimizations
+        if options.compile.enabled:
+            options = dataclasses.replace(options, compile=dataclasses.replace(
+                compile_here, mode=options.compile.mode, vae=options.compile.vae))
+        rows.append(Row(f"preset {preset}", dataclasses.replace(config, optimizations=options), "preset"))
+    if settings.only:
+        rows = [row for row in rows if row.kind == "reference" or any(part in row.name for part in settings.only)]
+    return rows
+
+
+def run_optimizations(settings: OptimizationSettings, log=logger.info) -> dict:
+    """Run every row in its own process; return the report (settings, machine, results)."""
+    import torch
+
+    from baton.device import resolve_device
+
+    device = resolve_device(settings.device)
+    rows = table_rows(settings, device.type)
+    results: list[dict[str, Any]] = []
+    reference: np.ndarray | None = None
+    with tempfile.TemporaryDirectory(prefix="baton-bench-") as scratch:
+        for index, row in enumerate(rows):
+            log(f"[{index + 1}/{len(rows)}] {row.name}")
+            pixels_path = Path(scratch) / f"{index}.npy"
+            refusal = _refusal(row.config, device)
+            result = {"status": "skipped", "reason": refusal} if refusal else _run_isolated(row, settings, pixels_path)
+            result.update(config=row.name, kind=row.kind, mode=row.config.mode)
+            if result["status"] == "ok":
+                pixels = np.load(pixels_path)
+                if reference is None:
+                    reference = pixels
+                result.update(image_distance(reference, pixels))
+                log(f"    {result['latency_s']:.3f} s, {result['peak_memory_gb']:.2f} GB peak, "
+                    f"PSNR {_db(result['psnr_db'])}")
+            else:
+                log(f"    {result['status']}: {result['reason'].splitlines()[0]}")
+            results.append(result)
+    add_speedups(results)
+    return {
+        "benchmark": "optimizations",
+        "settings": {**asdict(settings), "prompt": PROMPT, "device": str(device),
+                     "lossless_presets": list(LOSSLESS_PRESETS), "lossless_psnr_db": LOSSLESS_PSNR_DB},
+        "machine": describe_machine(str(device)),
+        "results": results,
+        "torch": torch.__version__,
+    }
+
+
+def image_distance(reference: np.ndarray, pixels: np.ndarray) -> dict[str, float | None]:
+    """PSNR (dB, peak 1.0; ``None`` when identical) and max abs difference of pixels in [0, 1]."""
+    difference = reference.astype(np.float64) - pixels.astype(np.float64)
+    mse = float(np.mean(difference**2))
+    return {
+        "psnr_db": None if mse == 0 else round(10 * math.log10(1.0 / mse), 2),
+        "max_abs_diff": round(float(np.abs(difference).max()), 6),
+    }
+
+
+def add_speedups(results: list[dict]) -> None:
+    """Each row's speed-up over the float32 reference and over the stacked half-precision SDPA baseline."""
+    ok = [r for r in results if r["status"] == "ok"]
+    reference = next((r for r in ok if r["kind"] == "reference"), None)
+    baseline = next((r for r in ok if r["kind"] == "baseline" and "SDPA" in r["config"]), None)
+    for row in results:
+        if row["status"] != "ok":
+            row["vs_fp32"] = row["vs_stacked_sdpa"] = None
+            continue
+        row["vs_fp32"] = round(reference["latency_s"] / row["latency_s"], 2) if reference else None
+        row["vs_stacked_sdpa"] = round(baseline["latency_s"] / row["latency_s"], 2) if baseline else None
+
+
+def _refusal(config: EngineConfig, device) -> str | None:
+    """The engine's reason for refusing this row on ``device``, found without starting a process."""
+    from baton.optim import check_optimizations
+
+    try:
+        check_optimizations(config, device)
+    except ValueError as exc:
+        return str(exc)
+    return None
+
+
+def _run_isolated(row: Row, settings: OptimizationSettings, pixels_path: Path) -> dict[str, Any]:
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=1, mp_context=context) as pool:
+        future = pool.submit(_measure_row, row.config, settings, str(pixels_path))
+        try:
+            return future.result(timeout=settings.timeout_s)
+        except Exception as exc:  # the worker died or hung: the row failed, the table goes on
+            for process in list(getattr(pool, "_processes", {}).values()):
+                process.kill()
+            return {"status": "failed", "reason": f"{type(exc).__name__}: {exc}"}
+
+
+def _measure_row(config: EngineConfig, settings: OptimizationSettings, pixels_path: str) -> dict[str, Any]:
+    """In the row's own process: build the engine, generate ``iterations`` times, save the last images."""
+    import torch
+
+    from baton.engine import Engine
+
+    logging.basicConfig(level=logging.WARNING)
+    rss_at_start = _peak_rss_bytes()
+    started = time.perf_counter()
+    try:
+        engine = Engine(config)
+    except ValueError as exc:  # the engine refused an option for this device: the row does not apply
+        return {"status": "skipped", "reason": str(exc)}
+    except Exception:
+        return {"status": "failed", "reason": traceback.format_exc()}
+    ready_s = time.perf_counter() - started
+    try:
+        with engine:
+            cuda = engine.device.type == "cuda"
+            if cuda:
+                torch.cuda.reset_peak_memory_stats(engine.device)
+            latencies = []
+            for _ in range(settings.iterations):
+                result = engine.generate(prompt=PROMPT, num_images=settings.images, steps=settings.steps,
+                                         seed=settings.seed, width=settings.width, height=settings.height,
+                                         output_format="np")
+                latencies.append(round(result.latency_s, 4))
+            described = engine.describe()["models"][0]
+            np.save(pixels_path, result.pixels)
+            if cuda:
+                peak = torch.cuda.max_memory_allocated(engine.device)
+                model_memory = peak
+            else:
+                peak = _peak_rss_bytes()
+                model_memory = peak - rss_at_start
+    except Exception:
+        return {"status": "failed", "reason": traceback.format_exc()}
+    return {
+        "status": "ok",
+        "latency_s": latencies[-1],
+        "latencies_s": latencies,
+        "median_latency_s": float(np.median(latencies)),
+        "peak_memory_gb": round(peak / 1e9, 3),
+        "memory_over_start_gb": round(model_memory / 1e9, 3),
+        "memory_measure": "cuda max_memory_allocated" if cuda else "peak RSS of the process",
+        "ready_s": round(ready_s, 2),
+        "warmup_s": described["warmup_s"],
+        "dtype": described["dtype"],
+        "optimizations": described["optimizations"],
+        "timings_s": {stage: round(t.run_s, 4) for stage, t in result.timings.items()},
+    }
+
+
+def _peak_rss_bytes() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
+
+
+def _db(value: float | None) -> str:
+    return "identical" if value is None else f"{value:.1f} dB"

@@ -1,0 +1,74 @@
+"""``baton bench optimizations`` output: the markdown table, the JSON record and the bar chart."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from baton.bench.report import _machine_line, _pyplot, _ratio, write_json
+
+KIND_COLOURS = {"reference": "#7f7f7f", "baseline": "#bcbd22", "option": "#1f77b4", "preset": "#d62728"}
+
+
+def optimizations_markdown(report: dict) -> str:
+    settings, machine = report["settings"], report["machine"]
+    size = f"{settings['width']}x{settings['height']}" if settings["width"] else "native size"
+    lines = [
+        f"### baton bench optimizations: `{settings['model']}` {size}, {settings['images']} images, "
+        f"{settings['steps']} steps on {machine['device']} ({machine.get('gpu') or machine.get('cpu')})",
+        "",
+        f"Each row in its own process; {settings['iterations']} iterations, the last one reported. PSNR and max abs "
+        f"difference against the first row's images (same seed). torch {machine['torch']}, diffusers "
+        f"{machine['diffusers']}; {machine['created']}; `{machine['command']}`",
+        "",
+        "| configuration | latency s | × fp32 | × stacked SDPA | peak memory GB | PSNR dB | max abs diff | ready s |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    skipped = []
+    for row in report["results"]:
+        if row["status"] != "ok":
+            skipped.append(f"- {row['config']}: {row['status']}: {row['reason'].splitlines()[-1]}")
+            continue
+        psnr = "reference" if row["kind"] == "reference" else ("identical" if row["psnr_db"] is None
+                                                                 else f"{row['psnr_db']:.1f}")
+        lines.append(
+            f"| {row['config']} | {row['latency_s']:.3f} | {_ratio(row['vs_fp32'])} | {_ratio(row['vs_stacked_sdpa'])} "
+            f"| {row['peak_memory_gb']:.2f} | {psnr} | {row['max_abs_diff']:.4f} | {row['ready_s']:.1f} |"
+        )
+    memory = next((r["memory_measure"] for r in report["results"] if r["status"] == "ok"), "")
+    lines += ["", f"Peak memory: {memory}."]
+    if skipped:
+        lines += ["", "Rows that do not apply here, with the engine's reason:", "", *skipped]
+    return "\n".join(lines) + "\n"
+
+
+def plot_optimizations(report: dict, path: Path) -> None:
+    plt = _pyplot()
+    rows = [r for r in report["results"] if r["status"] == "ok"]
+    names = [r["config"] for r in rows]
+    colours = [KIND_COLOURS[r["kind"]] for r in rows]
+    figure, (latency_axis, memory_axis) = plt.subplots(1, 2, figsize=(13, 0.42 * len(rows) + 1.8), sharey=True)
+    positions = range(len(rows))
+    latency_axis.barh(positions, [r["latency_s"] for r in rows], color=colours)
+    latency_axis.set_yticks(list(positions), names, fontsize=8)
+    latency_axis.invert_yaxis()
+    latency_axis.set_xlabel("latency of the last iteration (s)")
+    for y, row in zip(positions, rows):
+        label = "ref" if row["kind"] == "reference" else ("=" if row["psnr_db"] is None else f"{row['psnr_db']:.0f} dB")
+        latency_axis.text(row["latency_s"], y, f" {label}", va="center", fontsize=7)
+    memory_axis.barh(positions, [r["peak_memory_gb"] for r in rows], color=colours)
+    memory_axis.set_xlabel(f"peak memory (GB; {rows[0]['memory_measure'] if rows else ''})")
+    settings = report["settings"]
+    figure.suptitle(f"{settings['model']}, {settings['images']} images, {settings['steps']} steps — "
+                    f"{_machine_line(report)}", fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+
+
+def write_optimizations_outputs(report: dict, out_dir: Path) -> list[Path]:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = [out_dir / "optimizations.json", out_dir / "optimizations.md", out_dir / "optimizations.png"]
+    write_json(report, paths[0])
+    paths[1].write_text(optimizations_markdown(report))
+    plot_optimizations(report, paths[2])
+    return paths

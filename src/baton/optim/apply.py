@@ -1,0 +1,212 @@
+"""The one place where optimizations are checked against the device and applied to a loaded model.
+
+:func:`check_optimizations` refuses, before any model is loaded, every option that cannot apply on the device or
+in the engine's mode, with an error that names the option and says why. :func:`apply_optimizations` then applies
+them to each runner in a fixed order (precision, VAE, attention, layout, memory savers, prompt cache, offload,
+static shapes) and returns one line per change, which the engine logs at start-up and reports in ``describe()``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import torch
+
+from baton.config import EngineConfig, OptimizationConfig
+from baton.models.runner import ModelRunner, PromptInput
+from baton.optim.attention import check_attention, fuse_qkv, sdpa_backends, set_attention
+from baton.optim.compile import (
+    ShapeGatedDecoder,
+    StaticShapeDenoiser,
+    allow_recompiles,
+    compiled_unet,
+    use_compile_cache,
+)
+from baton.optim.memory import ModelOffload, sequential_offload, vae_slicing_and_tiling
+from baton.optim.precision import component_dtype, set_text_encoder_dtype, set_vae_dtype, text_encoders
+from baton.optim.prompt_cache import PromptCache
+from baton.optim.vae import check_vae_fits, load_vae, resolve_vae_name
+from baton.request import GenerationRequest
+
+logger = logging.getLogger(__name__)
+
+_STAGED_ONLY = "applies to the staged engine; stacked mode is the plain diffusers pipeline, the baseline"
+
+
+def check_optimizations(config: EngineConfig, device: torch.device) -> None:
+    """Raise ``ValueError`` for any option the device or the mode cannot honour (nothing falls back silently)."""
+    opts = config.optimizations
+    cuda = device.type == "cuda"
+    check_attention(opts.attention, device)
+    engine_dtype = torch.float32  # only the names are checked here; the engine's dtype is checked by the engine
+    component_dtype("text_encoder_dtype", opts.text_encoder_dtype, engine_dtype, device)
+    component_dtype("vae_dtype", opts.vae_dtype, engine_dtype, device)
+    if not cuda:
+        where = f"the device is {device}"
+        if opts.cuda_graphs:
+            raise ValueError(f"`cuda_graphs` needs a CUDA device; {where}")
+        if opts.compile.mode == "reduce-overhead":
+            raise ValueError(f"`compile.mode` 'reduce-overhead' captures CUDA graphs and needs a CUDA device; {where}"
+                             "; use 'default' or 'max-autotune-no-cudagraphs'")
+        if opts.offload != "none":
+            raise ValueError(f"`offload` {opts.offload!r} moves models off a GPU and needs a CUDA device; {where}, "
+                             "where the models are in host memory already")
+        if opts.prompt_cache.text_encoders_on_cpu:
+            raise ValueError(f"`prompt_cache.text_encoders_on_cpu` needs a CUDA device; {where}, where the text "
+                             "encoders are on the CPU already")
+    if opts.cuda_graphs and not opts.compile.warmup:
+        raise ValueError("`cuda_graphs` needs `compile.warmup` (graphs are captured at start-up, while nothing else "
+                         "runs on the device)")
+    if config.mode == "stacked":
+        staged_only = {
+            "compile.enabled": opts.compile.enabled,
+            "cuda_graphs": opts.cuda_graphs,
+            "prompt_cache.max_bytes": opts.prompt_cache.max_bytes > 0,
+            "offload": opts.offload == "model",
+            "text_encoder_dtype": opts.text_encoder_dtype != "auto",
+        }
+        for field, asked in staged_only.items():
+            if asked:
+                raise ValueError(f"`{field}` {_STAGED_ONLY}")
+
+
+def apply_optimizations(
+    runner: ModelRunner, config: EngineConfig, show_progress: bool = False
+) -> list[str]:
+    """Apply ``config.optimizations`` to ``runner`` (call :func:`check_optimizations` first); returns what changed."""
+    opts = config.optimizations
+    device = runner.device
+    pipeline = runner.pipeline
+    applied: list[str] = []
+
+    # 1. precision per component
+    applied.append(f"denoiser in {str(runner.dtype).removeprefix('torch.')}")
+    text_dtype = component_dtype("text_encoder_dtype", opts.text_encoder_dtype, runner.dtype, device)
+    _add(applied, set_text_encoder_dtype(runner, text_dtype))
+    if opts.vae is not None:  # 2. a replacement VAE (the tiny autoencoder, or an fp16-safe one)
+        vae_dtype = component_dtype("vae_dtype", opts.vae_dtype, runner.dtype, device)
+        vae_name = resolve_vae_name(opts.vae, runner.family)
+        vae = load_vae(vae_name, device, vae_dtype)
+        check_vae_fits(vae, runner.latent_channels, vae_name)
+        runner.vae = vae
+        pipeline.register_modules(vae=vae)  # the stacked baseline decodes with it too
+        applied.append(f"vae replaced by {vae_name} ({type(vae).__name__}, {str(vae.dtype).removeprefix('torch.')})")
+    elif opts.vae_dtype != "auto":
+        _add(applied, set_vae_dtype(runner, component_dtype("vae_dtype", opts.vae_dtype, runner.dtype, device)))
+    elif runner.vae is not pipeline.vae:
+        applied.append("vae in float32 (it overflows in float16: force_upcast)")
+    vaes = [runner.vae] + ([pipeline.vae] if pipeline.vae is not runner.vae else [])
+
+    # 3. attention
+    applied.append(set_attention([pipeline.unet, *vaes], opts.attention))
+    runner.attention_backends = sdpa_backends(opts.attention)
+    if opts.fuse_qkv:
+        applied.append(fuse_qkv(pipeline.unet))
+
+    # 4. memory layout and memory savers
+    if opts.channels_last:
+        for module in (pipeline.unet, *vaes):
+            module.to(memory_format=torch.channels_last)
+        applied.append("channels_last memory format (denoiser, vae)")
+    for vae in vaes:  # the same lines for each: report them once
+        saver_lines = vae_slicing_and_tiling(vae, opts.vae_slicing, opts.vae_tiling)
+    applied.extend(saver_lines)
+
+    # 5. the prompt cache, filled with the precomputed prompts; then the text encoders may leave the device
+    cache = opts.prompt_cache
+    if cache.max_bytes > 0:
+        runner.prompt_cache = PromptCache(cache.max_bytes)
+        if cache.precompute:
+            with torch.inference_mode():
+                runner.encode([PromptInput(prompt, None, True) for prompt in cache.precompute])
+        applied.append(f"prompt cache: {cache.max_bytes / 2**20:.0f} MiB, {len(cache.precompute)} prompts "
+                       "precomputed")
+        if cache.text_encoders_on_cpu:
+            for encoder in text_encoders(runner):
+                encoder.to("cpu", torch.float32)
+            runner.text_device = torch.device("cpu")
+            applied.append("text encoders in host memory (float32); cache misses encode on the CPU")
+
+    # 6. offload
+    if opts.offload == "model":
+        components = {"text": text_encoders(runner), "denoiser": [pipeline.unet], "vae": vaes}
+        if cache.text_encoders_on_cpu:
+            components["text"] = []  # they live on the CPU for good
+        runner.offload = ModelOffload(components, device)
+        applied.append("model CPU offload: one component on the device at a time")
+    elif opts.offload == "sequential":
+        modules = [pipeline.unet, *vaes] + ([] if cache.text_encoders_on_cpu else text_encoders(runner))
+        sequential_offload(modules, device)
+        applied.append("sequential CPU offload: weights stream to the device layer by layer")
+
+    # 7. static shapes: compile and CUDA graphs over buckets, warmed up now
+    if opts.static_shapes:
+        applied.extend(_static_shapes(runner, config, show_progress))
+    return applied
+
+
+def _static_shapes(runner: ModelRunner, config: EngineConfig, show_progress: bool) -> list[str]:
+    opts: OptimizationConfig = config.optimizations
+    compile_config = opts.compile
+    factor = runner.vae_scale_factor
+    sizes = compile_config.sizes or ((runner.default_size, runner.default_size),)
+    latent_sizes = [(height // factor, width // factor) for width, height in sizes]
+    lines = []
+    runner.remove_batch_invariance()
+    forward = runner.eager_denoiser
+    if compile_config.enabled:
+        cache_dir = use_compile_cache(compile_config.cache_dir)
+        allow_recompiles(len(compile_config.batch_buckets) * len(sizes))
+        forward = compiled_unet(runner.pipeline.unet, compile_config.mode, compile_config.fullgraph)
+        lines.append(f"torch.compile of the denoiser (mode {compile_config.mode}, fullgraph "
+                     f"{compile_config.fullgraph}; cache {cache_dir})")
+    denoiser = StaticShapeDenoiser(forward, runner.eager_denoiser, compile_config.batch_buckets, latent_sizes,
+                                   cuda_graphs=opts.cuda_graphs)
+    runner.denoiser = denoiser
+    if opts.cuda_graphs:
+        lines.append("CUDA graphs of the denoiser, one per shape bucket")
+    lines.append(f"static shapes: rows padded to {list(compile_config.batch_buckets)}, sizes "
+                 f"{[f'{w}x{h}' for w, h in sizes]}; other shapes run eagerly")
+    decoder = None
+    if compile_config.enabled and compile_config.vae:
+        decoder = ShapeGatedDecoder(runner.vae.decoder, compile_config.mode, compile_config.fullgraph)
+        runner.vae.decoder = decoder
+        lines.append("torch.compile of the VAE decoder")
+    if compile_config.warmup:
+        start = time.perf_counter()
+        example = _example_inputs(runner)
+        denoiser.warm_up(example, show_progress)
+        if decoder is not None:
+            batches = [1] if opts.vae_slicing else range(1, config.decode.max_batch_images + 1)
+            channels = runner.vae.config.latent_channels
+            decoder.warm_up([(b, channels, h, w) for h, w in latent_sizes for b in batches], runner.vae.dtype,
+                            runner.device)
+        runner.warmup_s = round(time.perf_counter() - start, 2)
+        lines.append(f"warm-up: {len(latent_sizes) * len(compile_config.batch_buckets)} shapes in "
+                     f"{runner.warmup_s:.1f} s")
+    return lines
+
+
+def _example_inputs(runner: ModelRunner):
+    """Denoiser inputs of any bucket and latent size, built from a real (empty) prompt's conditioning."""
+    with torch.inference_mode():
+        [embeddings] = runner.encode([PromptInput("", None, True)])
+    factor = runner.vae_scale_factor
+
+    def example(rows: int, size: tuple[int, int]):
+        height, width = size
+        request = GenerationRequest(prompt="", width=width * factor, height=height * factor, guidance_scale=7.5)
+        conditioning = runner.conditioning(embeddings, request)
+        hidden = conditioning.hidden_states[:1].expand(rows, *conditioning.hidden_states.shape[1:]).contiguous()
+        added = {name: t[:1].expand(rows, *t.shape[1:]).contiguous() for name, t in conditioning.added.items()}
+        latents = torch.randn(rows, runner.latent_channels, height, width, device=runner.device, dtype=runner.dtype)
+        timesteps = torch.full((rows,), 999.0, device=runner.device)
+        return latents, timesteps, hidden, added
+
+    return example
+
+
+def _add(lines: list[str], line: str | None) -> None:
+    if line is not None:
+        lines.append(line)

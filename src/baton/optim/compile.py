@@ -1,0 +1,198 @@
+"""Static shapes for the denoiser: ``torch.compile`` and CUDA graphs over shape buckets, warmed up at start.
+
+A compiled model recompiles for every new input shape (35 to 90 s each for a tiny UNet on a CPU), and a CUDA graph
+exists only for the shapes it was captured with. A serving engine sees a new row count at almost every step, so
+:class:`StaticShapeDenoiser` pads the rows up to the next bucket (1, 2, 4, 8, 16 by default), and warms every
+bucket at every configured size at start-up. Padding rows repeat the last real row and are dropped from the
+output; every row of the denoiser is computed independently, so real rows do not depend on them. A forward
+outside the buckets (more rows than the largest bucket, or a size not configured) runs the eager model, logged
+once per shape: slower, but never a stall for a compile in the middle of serving.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+from baton.models.runner import Denoiser
+
+logger = logging.getLogger(__name__)
+
+DenoiserInputs = tuple[torch.Tensor, torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]
+ExampleInputs = Callable[[int, tuple[int, int]], DenoiserInputs]
+"""(bucket rows, latent (h, w)) → denoiser inputs of that shape, for warm-up and capture."""
+
+
+def use_compile_cache(cache_dir: str | None) -> Path:
+    """Point inductor's persistent cache at ``cache_dir`` (or a ``$TORCHINDUCTOR_CACHE_DIR`` the user set, else
+    ``~/.cache/baton/inductor``), so a restart reuses the compiled kernels and graphs instead of compiling again."""
+    from torch._inductor.runtime.cache_dir_utils import default_cache_dir
+
+    current = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
+    if cache_dir is None:
+        # inductor writes its own default (under /tmp, lost on reboot) into the variable the first time it looks
+        user_set = current is not None and os.path.abspath(current) != os.path.abspath(default_cache_dir())
+        cache_dir = current if user_set else str(Path.home() / ".cache" / "baton" / "inductor")
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = cache_dir
+    path = Path(cache_dir)
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def allow_recompiles(shapes: int) -> None:
+    """Dynamo gives up on a function after 8 compiled shapes and runs it eagerly; every bucket must fit."""
+    import torch._dynamo.config as dynamo_config
+
+    dynamo_config.recompile_limit = max(dynamo_config.recompile_limit, shapes + 8)
+    dynamo_config.accumulated_recompile_limit = max(dynamo_config.accumulated_recompile_limit, 4 * shapes + 64)
+
+
+def compiled_unet(unet: torch.nn.Module, mode: str, fullgraph: bool) -> Denoiser:
+    """The UNet compiled for static shapes, called as the eager denoiser is."""
+    compiled = torch.compile(unet, mode=None if mode == "default" else mode, fullgraph=fullgraph, dynamic=False)
+
+    def forward(latents, timesteps, hidden, added):
+        return compiled(
+            latents, timesteps, encoder_hidden_states=hidden, added_cond_kwargs=added or None, return_dict=False
+        )[0]
+
+    return forward
+
+
+class StaticShapeDenoiser:
+    """Runs ``forward`` (compiled, or eager to be captured) on inputs padded to a shape bucket; eager outside."""
+
+    def __init__(
+        self,
+        forward: Denoiser,
+        eager: Denoiser,
+        buckets: tuple[int, ...],
+        latent_sizes: list[tuple[int, int]],
+        cuda_graphs: bool,
+    ) -> None:
+        self.forward = forward
+        self.eager = eager
+        self.buckets = tuple(sorted(buckets))
+        self.latent_sizes = list(dict.fromkeys(latent_sizes))
+        self.cuda_graphs = cuda_graphs
+        self._graphs: dict[tuple[int, int, int], _GraphedForward] = {}
+        self._pool = None
+        self._eager_shapes: set[tuple[int, int, int]] = set()
+        self.eager_calls = 0
+        self.bucketed_calls = 0
+
+    def bucket_for(self, rows: int) -> int | None:
+        return next((bucket for bucket in self.buckets if bucket >= rows), None)
+
+    def __call__(self, latents, timesteps, hidden, added) -> torch.Tensor:
+        rows, size = latents.shape[0], tuple(latents.shape[-2:])
+        bucket = self.bucket_for(rows)
+        if bucket is None or size not in self.latent_sizes:
+            shape = (rows, *size)
+            if shape not in self._eager_shapes:
+                self._eager_shapes.add(shape)
+                logger.warning(
+                    "denoiser shape %d rows x %s latents is outside the static buckets %s x %s; it runs eagerly",
+                    rows, size, self.buckets, self.latent_sizes,
+                )
+            self.eager_calls += 1
+            return self.eager(latents, timesteps, hidden, added)
+        self.bucketed_calls += 1
+        # one timestep dtype for every sampler (PNDM's are int64, Euler's float32), so one graph serves all; the
+        # UNet turns them into float32 first thing, so the cast changes nothing
+        timesteps = timesteps.to(torch.float32)
+        inputs = _pad_rows((latents, timesteps, hidden, added), bucket)
+        if self.cuda_graphs:
+            return self._graphs[(bucket, *size)](*inputs)[:rows]
+        return self.forward(*inputs)[:rows]
+
+    def warm_up(self, example: ExampleInputs, show_progress: bool = True) -> float:
+        """Run (and so compile) every bucket at every size, then capture the CUDA graphs; returns the seconds."""
+        from tqdm.auto import tqdm
+
+        start = time.perf_counter()
+        on_cuda = False
+        shapes = [(bucket, size) for size in self.latent_sizes for bucket in reversed(self.buckets)]
+        what = "capturing CUDA graphs" if self.cuda_graphs else "compiling the denoiser"
+        with torch.inference_mode(), tqdm(shapes, desc=what, unit="shape", disable=not show_progress) as bar:
+            for bucket, size in bar:
+                bar.set_postfix_str(f"{bucket} rows, latents {size[0]}x{size[1]}")
+                inputs = example(bucket, size)
+                on_cuda = inputs[0].is_cuda
+                if self.cuda_graphs:  # largest first, so the smaller graphs reuse the pool's memory
+                    if self._pool is None:
+                        self._pool = torch.cuda.graph_pool_handle()
+                    self._graphs[(bucket, *size)] = _GraphedForward(self.forward, inputs, self._pool)
+                else:
+                    self.forward(*inputs)
+        if on_cuda:
+            torch.cuda.synchronize()
+        return time.perf_counter() - start
+
+
+class _GraphedForward:
+    """One captured denoiser forward: copy inputs into static buffers, replay, copy the output out."""
+
+    def __init__(self, forward: Denoiser, inputs: DenoiserInputs, pool) -> None:
+        latents, timesteps, hidden, added = inputs
+        self.static = (latents.clone(), timesteps.clone(), hidden.clone(), {k: v.clone() for k, v in added.items()})
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):  # warm-up outside capture: lazy inits, cuBLAS handles, autotuning
+            for _ in range(2):
+                forward(*self.static)
+        torch.cuda.current_stream().wait_stream(side)
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph, pool=pool):
+            self.output = forward(*self.static)
+
+    def __call__(self, latents, timesteps, hidden, added) -> torch.Tensor:
+        static_latents, static_timesteps, static_hidden, static_added = self.static
+        static_latents.copy_(latents)
+        static_timesteps.copy_(timesteps)
+        static_hidden.copy_(hidden)
+        for name, tensor in static_added.items():
+            tensor.copy_(added[name])
+        self.graph.replay()
+        # the next replay overwrites the output buffer, and schedulers may keep what they are given
+        return self.output.clone()
+
+
+def _pad_rows(inputs: DenoiserInputs, rows: int) -> DenoiserInputs:
+    latents, timesteps, hidden, added = inputs
+    if latents.shape[0] == rows:
+        return inputs
+    padded_added = {name: _pad(tensor, rows) for name, tensor in added.items()}
+    return _pad(latents, rows), _pad(timesteps, rows), _pad(hidden, rows), padded_added
+
+
+def _pad(tensor: torch.Tensor, rows: int) -> torch.Tensor:
+    missing = rows - tensor.shape[0]
+    return torch.cat([tensor, tensor[-1:].expand(missing, *tensor.shape[1:])])
+
+
+class ShapeGatedDecoder(torch.nn.Module):
+    """The VAE decoder, compiled for the shapes warmed at start; any other shape runs the eager decoder."""
+
+    def __init__(self, decoder: torch.nn.Module, mode: str, fullgraph: bool) -> None:
+        super().__init__()
+        self.eager = decoder
+        self.compiled = torch.compile(decoder, mode=None if mode == "default" else mode, fullgraph=fullgraph,
+                                      dynamic=False)
+        self.warmed: set[tuple[int, ...]] = set()
+
+    def forward(self, sample: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+        if tuple(sample.shape) in self.warmed:
+            return self.compiled(sample, *args, **kwargs)
+        return self.eager(sample, *args, **kwargs)
+
+    def warm_up(self, shapes: list[tuple[int, ...]], dtype: torch.dtype, device: torch.device) -> None:
+        with torch.inference_mode():
+            for shape in shapes:
+                self.compiled(torch.zeros(shape, dtype=dtype, device=device))
+                self.warmed.add(tuple(shape))

@@ -1,0 +1,54 @@
+"""Presets: named sets of engine options, for a device type. Nothing more than config overrides.
+
+- ``baseline``: the engine's defaults (float16 on CUDA, float32 on a CPU; SDPA). The reference.
+- ``fast``: ``baseline`` + fused QKV, compile over static shape buckets, a 256 MiB prompt cache; on CUDA also
+  channels_last and CUDA graphs. Meant to keep images within 35 dB PSNR of float32 (measured by
+  ``baton bench optimizations``).
+- ``low-memory``: ``baseline`` + VAE slicing and tiling; on CUDA also model CPU offload.
+- ``max-throughput``: ``fast`` + the tiny autoencoder + 32 denoiser rows per forward. Lossy: the tiny
+  autoencoder trades detail for a much cheaper decode.
+
+docs/optimizations.md has the table.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from baton.config import CompileConfig, EngineConfig, OptimizationConfig, PromptCacheConfig
+
+PRESETS: tuple[str, ...] = ("baseline", "fast", "low-memory", "max-throughput")
+LOSSLESS_PRESETS: tuple[str, ...] = ("baseline", "fast", "low-memory")
+"""Presets whose images stay within 35 dB PSNR of float32 (checked by ``baton bench optimizations``)."""
+
+_PROMPT_CACHE = PromptCacheConfig(max_bytes=256 * 2**20)
+
+
+def preset_config(name: str, device_type: str, config: EngineConfig | None = None) -> EngineConfig:
+    """``config`` (default: ``EngineConfig()``) with preset ``name``'s options for a ``cuda`` or ``cpu`` device."""
+    if name not in PRESETS:
+        raise ValueError(f"`preset` must be one of {PRESETS}, got {name!r}")
+    config = config or EngineConfig()
+    cuda = device_type == "cuda"
+    denoise = config.denoise
+    buckets = CompileConfig().batch_buckets
+    if name == "baseline":
+        options = OptimizationConfig()
+    elif name == "low-memory":
+        options = OptimizationConfig(offload="model" if cuda else "none", vae_slicing=True, vae_tiling=True)
+    else:
+        vae = None
+        if name == "max-throughput":
+            vae = "tiny"
+            buckets = (*buckets, 32)
+            denoise = dataclasses.replace(denoise, max_rows=32)
+        options = OptimizationConfig(
+            channels_last=cuda,  # it serves tensor-core convolutions; unmeasured on a CPU, so left off there
+            fuse_qkv=True,
+            compile=CompileConfig(enabled=True, batch_buckets=buckets),
+            cuda_graphs=cuda,
+            prompt_cache=_PROMPT_CACHE,
+            vae=vae,
+        )
+    options = dataclasses.replace(options, preset=name)
+    return dataclasses.replace(config, optimizations=options, denoise=denoise)
