@@ -12,14 +12,14 @@ EngineMode = Literal["staged", "stacked"]
 DTypeName = Literal["auto", "float32", "float16", "bfloat16"]
 DenoiseBatching = Literal["step", "request"]
 AttentionName = Literal["sdpa", "flash", "efficient", "cudnn", "math", "classic"]
-CompileMode = Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"]
+CompileMode = Literal["default", "max-autotune-no-cudagraphs"]
 OffloadName = Literal["none", "model", "sequential"]
 
 ENGINE_MODES: tuple[str, ...] = ("staged", "stacked")
 DENOISE_BATCHING: tuple[str, ...] = ("step", "request")
 DTYPE_NAMES: tuple[str, ...] = ("auto", "float32", "float16", "bfloat16")
 ATTENTION_NAMES: tuple[str, ...] = ("sdpa", "flash", "efficient", "cudnn", "math", "classic")
-COMPILE_MODES: tuple[str, ...] = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+COMPILE_MODES: tuple[str, ...] = ("default", "max-autotune-no-cudagraphs")
 OFFLOAD_NAMES: tuple[str, ...] = ("none", "model", "sequential")
 
 
@@ -117,8 +117,10 @@ class CompileConfig:
     enabled: bool = False
     """Compile the denoiser."""
     mode: CompileMode = "default"
-    """``torch.compile`` mode. ``reduce-overhead`` uses CUDA graphs (CUDA only; do not combine with
-    :attr:`OptimizationConfig.cuda_graphs`)."""
+    """``torch.compile`` mode. The modes that capture CUDA graphs inside inductor (``reduce-overhead``,
+    ``max-autotune``) are not offered: inductor keeps those graphs per thread, so graphs recorded at warm-up would
+    be recorded again on the denoiser's thread while serving. Use :attr:`OptimizationConfig.cuda_graphs` instead
+    (baton's own capture per bucket, replayable from any thread)."""
     fullgraph: bool = False
     """Fail instead of falling back to eager for parts dynamo cannot trace."""
     vae: bool = False
@@ -143,6 +145,9 @@ class CompileConfig:
         _require(all(len(size) == 2 and min(size) >= 8 for size in sizes), "compile.sizes", self.sizes,
                  "must be (width, height) pairs")
         object.__setattr__(self, "sizes", sizes)
+        _require(not self.vae or self.enabled, "compile.vae", self.vae, "needs `compile.enabled`")
+        _require(not self.vae or self.warmup, "compile.vae", self.vae,
+                 "needs `compile.warmup` (the decoder runs compiled only for the shapes warmed at start-up)")
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,8 +160,9 @@ class PromptCacheConfig:
     precompute: tuple[str, ...] = ()
     """Prompts encoded at start-up (with the empty negative prompt), e.g. a service's fixed style prompts."""
     text_encoders_on_cpu: bool = False
-    """Keep the text encoders in host memory (float32) once :attr:`precompute` is cached: device memory is freed,
-    and a prompt missing from the cache is encoded on the CPU. CUDA only (on a CPU they are there already)."""
+    """Keep the text encoders in host memory, in float32 (whatever ``text_encoder_dtype`` says), once
+    :attr:`precompute` is cached: device memory is freed, and a prompt missing from the cache is encoded on the
+    CPU. CUDA only (on a CPU they are there already)."""
 
     def __post_init__(self) -> None:
         _require(self.max_bytes >= 0, "prompt_cache.max_bytes", self.max_bytes, "must be >= 0")
@@ -178,7 +184,8 @@ class OptimizationConfig:
     """The preset these options came from (informational: ``describe()`` reports it)."""
     attention: AttentionName = "sdpa"
     """``sdpa``: PyTorch's scaled-dot-product attention, backend chosen by PyTorch. ``flash``, ``efficient``,
-    ``cudnn``, ``math``: SDPA restricted to that backend (``efficient`` and ``cudnn`` need CUDA). ``classic``:
+    ``cudnn``, ``math``: the denoiser's SDPA restricted to that backend (``efficient`` and ``cudnn`` need CUDA;
+    ``flash`` on CUDA needs float16 or bfloat16). The text encoders and the VAE keep PyTorch's choice. ``classic``:
     diffusers' pre-SDPA attention processor that materializes the attention matrix (the unoptimized baseline)."""
     text_encoder_dtype: DTypeName = "auto"
     """Precision of the text encoder(s); ``auto``: the engine's ``dtype``."""
@@ -218,8 +225,6 @@ class OptimizationConfig:
         _require(self.offload in OFFLOAD_NAMES, "offload", self.offload, f"must be one of {OFFLOAD_NAMES}")
         _require(not (self.fuse_qkv and self.attention == "classic"), "fuse_qkv", self.fuse_qkv,
                  "needs an SDPA attention (the fused processor is SDPA); `attention` is 'classic'")
-        _require(not (self.cuda_graphs and self.compile.mode == "reduce-overhead"), "cuda_graphs", self.cuda_graphs,
-                 "duplicates compile mode 'reduce-overhead' (which already uses CUDA graphs); use one of them")
         _require(not (self.offload != "none" and (self.cuda_graphs or self.compile.enabled)), "offload",
                  self.offload, "cannot be combined with compile or CUDA graphs (they need the weights to stay "
                  "on the device)")

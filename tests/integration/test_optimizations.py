@@ -97,7 +97,9 @@ def test_compiled_buckets_match_eager_and_never_recompile_after_warm_up(tmp_path
     from torch._dynamo.utils import counters
 
     options = OptimizationConfig(
-        compile=CompileConfig(enabled=True, batch_buckets=(2, 4), sizes=((64, 64),), cache_dir=str(tmp_path)),
+        compile=CompileConfig(enabled=True, batch_buckets=(2, 4), sizes=((64, 64),), cache_dir=str(tmp_path),
+                              vae=True),
+        vae_slicing=True,  # the decoder then only ever sees one image: one compiled shape
     )
     with Engine(models="tiny-sd15", device="cpu", optimizations=options) as engine:
         runner = engine.runners["tiny-sd15"]
@@ -113,6 +115,7 @@ def test_compiled_buckets_match_eager_and_never_recompile_after_warm_up(tmp_path
         assert counters["stats"]["unique_graphs"] == graphs_after_warm_up  # no compile while serving
         forwards = 4  # per request: PNDM's 3 steps take 4 forwards
         assert runner.denoiser.eager_calls == 0 and runner.denoiser.bucketed_calls == 3 * forwards
+        assert runner.vae.decoder.eager_calls == 0 and len(runner.vae.decoder.warmed) == 1
         engine.generate(REQUEST, width=128, height=128)  # a size that was not compiled runs eagerly
         assert runner.denoiser.eager_calls == forwards
         assert counters["stats"]["unique_graphs"] == graphs_after_warm_up

@@ -132,9 +132,12 @@ def run_optimizations(settings: OptimizationSettings, log=logger.info) -> dict:
             result.update(config=row.name, kind=row.kind, mode=row.config.mode)
             if result["status"] == "ok":
                 pixels = np.load(pixels_path)
-                if reference is None:
+                if row.kind == "reference":
                     reference = pixels
-                result.update(image_distance(reference, pixels))
+                if reference is not None:  # without the reference row's images there is nothing to compare with
+                    result.update(image_distance(reference, pixels))
+                else:
+                    result.update(psnr_db=None, max_abs_diff=None)
                 log(f"    {result['latency_s']:.3f} s, {result['peak_memory_gb']:.2f} GB peak, "
                     f"PSNR {_db(result['psnr_db'])}")
             else:

@@ -28,11 +28,16 @@ def optimizations_markdown(report: dict) -> str:
         if row["status"] != "ok":
             skipped.append(f"- {row['config']}: {row['status']}: {row['reason'].splitlines()[-1]}")
             continue
-        psnr = "reference" if row["kind"] == "reference" else ("identical" if row["psnr_db"] is None
-                                                                 else f"{row['psnr_db']:.1f}")
+        if row["kind"] == "reference":
+            psnr = "reference"
+        elif row["max_abs_diff"] is None:
+            psnr = "–"  # the reference row did not run
+        else:
+            psnr = "identical" if row["psnr_db"] is None else f"{row['psnr_db']:.1f}"
+        difference = "–" if row["max_abs_diff"] is None else f"{row['max_abs_diff']:.4f}"
         lines.append(
             f"| {row['config']} | {row['latency_s']:.3f} | {_ratio(row['vs_fp32'])} | {_ratio(row['vs_stacked_sdpa'])} "
-            f"| {row['peak_memory_gb']:.2f} | {psnr} | {row['max_abs_diff']:.4f} | {row['ready_s']:.1f} |"
+            f"| {row['peak_memory_gb']:.2f} | {psnr} | {difference} | {row['ready_s']:.1f} |"
         )
     memory = next((r["memory_measure"] for r in report["results"] if r["status"] == "ok"), "")
     lines += ["", f"Peak memory: {memory}."]

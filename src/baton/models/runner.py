@@ -151,10 +151,11 @@ class ModelRunner(ABC):
     @contextlib.contextmanager
     def running(self, component: str) -> Iterator[None]:
         """Around every model call: ``component`` (``text``, ``denoiser`` or ``vae``) on the device when models are
-        offloaded, and attention restricted to the chosen SDPA backends."""
+        offloaded, and the denoiser's attention restricted to the chosen SDPA backends (the text encoders and the
+        VAE keep PyTorch's choice: they may run elsewhere or in float32, where a kernel like flash has none)."""
         if self.offload is not None:
             self.offload.use(component)
-        if self.attention_backends is None:
+        if self.attention_backends is None or component != "denoiser":
             yield
             return
         from torch.nn.attention import sdpa_kernel

@@ -8,12 +8,16 @@ static shapes) and returns one line per change, which the engine logs at start-u
 
 from __future__ import annotations
 
+import contextlib
+import itertools
 import logging
 import time
 
 import torch
 
 from baton.config import EngineConfig, OptimizationConfig
+from baton.device import resolve_dtype
+from baton.models.builtin import quiet_casts
 from baton.models.runner import ModelRunner, PromptInput
 from baton.optim.attention import check_attention, fuse_qkv, sdpa_backends, set_attention
 from baton.optim.compile import (
@@ -46,15 +50,15 @@ def check_optimizations(config: EngineConfig, device: torch.device) -> None:
         where = f"the device is {device}"
         if opts.cuda_graphs:
             raise ValueError(f"`cuda_graphs` needs a CUDA device; {where}")
-        if opts.compile.mode == "reduce-overhead":
-            raise ValueError(f"`compile.mode` 'reduce-overhead' captures CUDA graphs and needs a CUDA device; {where}"
-                             "; use 'default' or 'max-autotune-no-cudagraphs'")
         if opts.offload != "none":
             raise ValueError(f"`offload` {opts.offload!r} moves models off a GPU and needs a CUDA device; {where}, "
                              "where the models are in host memory already")
         if opts.prompt_cache.text_encoders_on_cpu:
             raise ValueError(f"`prompt_cache.text_encoders_on_cpu` needs a CUDA device; {where}, where the text "
                              "encoders are on the CPU already")
+    if cuda and opts.attention in ("flash", "cudnn") and resolve_dtype(config.dtype, device) == torch.float32:
+        raise ValueError(f"`attention` {opts.attention!r} has no float32 kernel on CUDA; use `dtype` 'float16' or "
+                         "'bfloat16', or `attention` 'sdpa' / 'efficient' / 'math'")
     if opts.cuda_graphs and not opts.compile.warmup:
         raise ValueError("`cuda_graphs` needs `compile.warmup` (graphs are captured at start-up, while nothing else "
                          "runs on the device)")
@@ -65,6 +69,7 @@ def check_optimizations(config: EngineConfig, device: torch.device) -> None:
             "prompt_cache.max_bytes": opts.prompt_cache.max_bytes > 0,
             "offload": opts.offload == "model",
             "text_encoder_dtype": opts.text_encoder_dtype != "auto",
+            "vae_dtype": opts.vae_dtype != "auto",
         }
         for field, asked in staged_only.items():
             if asked:
@@ -85,10 +90,14 @@ def apply_optimizations(
     text_dtype = component_dtype("text_encoder_dtype", opts.text_encoder_dtype, runner.dtype, device)
     _add(applied, set_text_encoder_dtype(runner, text_dtype))
     if opts.vae is not None:  # 2. a replacement VAE (the tiny autoencoder, or an fp16-safe one)
-        vae_dtype = component_dtype("vae_dtype", opts.vae_dtype, runner.dtype, device)
         vae_name = resolve_vae_name(opts.vae, runner.family)
-        vae = load_vae(vae_name, device, vae_dtype)
+        vae = load_vae(vae_name, device, torch.float32)
         check_vae_fits(vae, runner.latent_channels, vae_name)
+        vae_dtype = component_dtype("vae_dtype", opts.vae_dtype, runner.dtype, device)
+        if opts.vae_dtype == "auto" and vae_dtype == torch.float16 and getattr(vae.config, "force_upcast", False):
+            vae_dtype = torch.float32  # as for the model's own VAE: this one says it overflows in float16
+        with quiet_casts():
+            vae.to(dtype=vae_dtype)
         runner.vae = vae
         pipeline.register_modules(vae=vae)  # the stacked baseline decodes with it too
         applied.append(f"vae replaced by {vae_name} ({type(vae).__name__}, {str(vae.dtype).removeprefix('torch.')})")
@@ -130,10 +139,12 @@ def apply_optimizations(
 
     # 6. offload
     if opts.offload == "model":
-        components = {"text": text_encoders(runner), "denoiser": [pipeline.unet], "vae": vaes}
+        components = {"text": text_encoders(runner), "denoiser": [pipeline.unet], "vae": [runner.vae]}
         if cache.text_encoders_on_cpu:
             components["text"] = []  # they live on the CPU for good
-        runner.offload = ModelOffload(components, device)
+        # the pipeline's own VAE, when a copy decodes, only serves stacked mode, which model offload excludes
+        parked = [pipeline.vae] if pipeline.vae is not runner.vae else []
+        runner.offload = ModelOffload(components, device, parked=parked)
         applied.append("model CPU offload: one component on the device at a time")
     elif opts.offload == "sequential":
         modules = [pipeline.unet, *vaes] + ([] if cache.text_encoders_on_cpu else text_encoders(runner))
@@ -176,12 +187,17 @@ def _static_shapes(runner: ModelRunner, config: EngineConfig, show_progress: boo
     if compile_config.warmup:
         start = time.perf_counter()
         example = _example_inputs(runner)
-        denoiser.warm_up(example, show_progress)
+        on_device = torch.cuda.device(runner.device) if runner.device.type == "cuda" else contextlib.nullcontext()
+        # under the same attention restriction as serving: dynamo does not guard on the SDPA backend
+        with on_device, runner.running("denoiser"):
+            denoiser.warm_up(example, show_progress)
         if decoder is not None:
             batches = [1] if opts.vae_slicing else range(1, config.decode.max_batch_images + 1)
-            channels = runner.vae.config.latent_channels
-            decoder.warm_up([(b, channels, h, w) for h, w in latent_sizes for b in batches], runner.vae.dtype,
-                            runner.device)
+            with on_device, torch.inference_mode(), decoder.warming():
+                for (height, width), batch in itertools.product(latent_sizes, batches):
+                    # through the real decode path, so the decoder sees serving's strides (channels_last)
+                    runner.decode(torch.zeros(batch, runner.latent_channels, height, width, device=runner.device,
+                                              dtype=runner.dtype))
         runner.warmup_s = round(time.perf_counter() - start, 2)
         lines.append(f"warm-up: {len(latent_sizes) * len(compile_config.batch_buckets)} shapes in "
                      f"{runner.warmup_s:.1f} s")

@@ -36,9 +36,13 @@ def config_from_args(args: argparse.Namespace, device_type: str, **fields) -> En
     compile_config = opts.compile
     compile_changes = {
         name: value
-        for name, value in (("enabled", args.compile), ("mode", args.compile_mode), ("cache_dir", args.compile_cache))
+        for name, value in (("mode", args.compile_mode), ("cache_dir", args.compile_cache))
         if value is not None
     }
+    if compile_changes and args.compile is None:
+        compile_changes["enabled"] = True  # --compile-mode or --compile-cache alone mean: compile
+    elif args.compile is not None:
+        compile_changes["enabled"] = args.compile
     if compile_changes:
         compile_config = dataclasses.replace(compile_config, **compile_changes)
     changes = {

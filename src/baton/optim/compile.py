@@ -11,10 +11,11 @@ once per shape: slower, but never a stall for a compile in the middle of serving
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import torch
@@ -45,16 +46,18 @@ def use_compile_cache(cache_dir: str | None) -> Path:
 
 
 def allow_recompiles(shapes: int) -> None:
-    """Dynamo gives up on a function after 8 compiled shapes and runs it eagerly; every bucket must fit."""
+    """Dynamo gives up on a function after 8 compiled shapes and runs it eagerly; every bucket must fit. Models of
+    one architecture share a code object, hence one budget: each compiled model adds its shapes."""
     import torch._dynamo.config as dynamo_config
 
-    dynamo_config.recompile_limit = max(dynamo_config.recompile_limit, shapes + 8)
-    dynamo_config.accumulated_recompile_limit = max(dynamo_config.accumulated_recompile_limit, 4 * shapes + 64)
+    dynamo_config.recompile_limit += shapes
+    dynamo_config.accumulated_recompile_limit += 4 * shapes
 
 
 def compiled_unet(unet: torch.nn.Module, mode: str, fullgraph: bool) -> Denoiser:
     """The UNet compiled for static shapes, called as the eager denoiser is."""
     compiled = torch.compile(unet, mode=None if mode == "default" else mode, fullgraph=fullgraph, dynamic=False)
+    # (no mode captures CUDA graphs: OptimizationConfig.cuda_graphs does, so outputs are never reused buffers)
 
     def forward(latents, timesteps, hidden, added):
         return compiled(
@@ -141,7 +144,7 @@ class _GraphedForward:
     def __init__(self, forward: Denoiser, inputs: DenoiserInputs, pool) -> None:
         latents, timesteps, hidden, added = inputs
         self.static = (latents.clone(), timesteps.clone(), hidden.clone(), {k: v.clone() for k, v in added.items()})
-        side = torch.cuda.Stream()
+        side = torch.cuda.Stream(latents.device)
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side):  # warm-up outside capture: lazy inits, cuBLAS handles, autotuning
             for _ in range(2):
@@ -184,15 +187,24 @@ class ShapeGatedDecoder(torch.nn.Module):
         self.eager = decoder
         self.compiled = torch.compile(decoder, mode=None if mode == "default" else mode, fullgraph=fullgraph,
                                       dynamic=False)
-        self.warmed: set[tuple[int, ...]] = set()
+        self.warmed: set[tuple[tuple[int, ...], tuple[int, ...]]] = set()  # (shape, strides)
+        self._warming = False
+        self.eager_calls = 0
 
     def forward(self, sample: torch.Tensor, *args, **kwargs) -> torch.Tensor:
-        if tuple(sample.shape) in self.warmed:
+        layout = (tuple(sample.shape), tuple(sample.stride()))
+        if self._warming:
+            self.warmed.add(layout)
+        if layout in self.warmed:
             return self.compiled(sample, *args, **kwargs)
+        self.eager_calls += 1
         return self.eager(sample, *args, **kwargs)
 
-    def warm_up(self, shapes: list[tuple[int, ...]], dtype: torch.dtype, device: torch.device) -> None:
-        with torch.inference_mode():
-            for shape in shapes:
-                self.compiled(torch.zeros(shape, dtype=dtype, device=device))
-                self.warmed.add(tuple(shape))
+    @contextlib.contextmanager
+    def warming(self) -> Iterator[None]:
+        """Decodes inside this block compile, and their input layouts are served compiled from then on."""
+        self._warming = True
+        try:
+            yield
+        finally:
+            self._warming = False

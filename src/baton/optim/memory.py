@@ -21,25 +21,29 @@ class ModelOffload:
     """Components (``text``, ``denoiser``, ``vae``) live in host memory; :meth:`use` moves one to the device and
     sends the one before it back."""
 
-    def __init__(self, components: dict[str, list[torch.nn.Module]], device: torch.device) -> None:
+    def __init__(
+        self, components: dict[str, list[torch.nn.Module]], device: torch.device, parked: list[torch.nn.Module] = ()
+    ) -> None:
         self.components = components
         self.device = device
         self.active: str | None = None
         self.moves = 0
         self._owner: int | None = None
-        for modules in components.values():
-            for module in modules:
-                module.to("cpu")
+        for module in [*parked, *(m for modules in components.values() for m in modules)]:
+            module.to("cpu")
 
     def use(self, component: str) -> None:
-        if component == self.active:
-            return
+        if component == self.active or not self.components.get(component):
+            return  # already there, or nothing to move (text encoders kept on the CPU for good)
         thread = threading.get_ident()
         if self._owner is None:
             self._owner = thread
         elif self._owner != thread:
             raise RuntimeError("model offload is driven from two threads; it needs fused stages (one thread)")
         if self.active is not None:
+            # the stages run on different streams of this thread: let the last user's kernels and the weights'
+            # own upload finish before the weights leave the device
+            torch.cuda.synchronize(self.device)
             for module in self.components[self.active]:
                 module.to("cpu")
         for module in self.components.get(component, ()):

@@ -77,7 +77,9 @@ class PromptCache:
             old = self._entries.pop(key, None)
             if old is not None:
                 self.bytes -= old.nbytes
-            self._entries[key] = _Entry(PromptEmbeddings(dict(embeddings.tensors)), nbytes)
+            # copies: the encoder's outputs are views of its whole batch, which a slice would keep alive
+            tensors = {name: tensor.clone() for name, tensor in embeddings.tensors.items()}
+            self._entries[key] = _Entry(PromptEmbeddings(tensors), nbytes)
             self.bytes += nbytes
             while self.bytes > self.max_bytes:
                 _, evicted = self._entries.popitem(last=False)
