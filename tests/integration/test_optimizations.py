@@ -150,3 +150,15 @@ def test_describe_reports_the_options():
     with Engine(models="tiny-sd15", device="cpu", optimizations=options) as engine:
         described = engine.describe()
     assert described["optimizations"]["vae_slicing"] is True and described["preset"] is None
+
+
+def test_a_vae_loads_from_a_folder(tmp_path):
+    from diffusers import AutoencoderTiny
+
+    AutoencoderTiny(encoder_block_out_channels=(8, 8, 8, 8), decoder_block_out_channels=(8, 8, 8, 8)).save_pretrained(
+        tmp_path / "tiny-vae"
+    )
+    result, described = generate(OptimizationConfig(vae=str(tmp_path / "tiny-vae")))
+    assert any(f"vae replaced by {tmp_path / 'tiny-vae'} (AutoencoderTiny" in line
+               for line in described["optimizations"])
+    assert result.pixels.shape == (2, 64, 64, 3)
