@@ -70,6 +70,7 @@ def test_what_cannot_apply_on_a_cpu_is_refused(options, message):
         (OptimizationConfig(prompt_cache=PromptCacheConfig(max_bytes=1)), "prompt_cache.max_bytes"),
         (OptimizationConfig(text_encoder_dtype="bfloat16"), "text_encoder_dtype"),
         (OptimizationConfig(vae_dtype="float32"), "vae_dtype"),
+        (OptimizationConfig(attention="math"), "attention"),
     ],
 )
 def test_staged_only_options_are_refused_in_stacked_mode(options, field):

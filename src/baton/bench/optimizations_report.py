@@ -16,12 +16,14 @@ def optimizations_markdown(report: dict) -> str:
         f"### baton bench optimizations: `{settings['model']}` {size}, {settings['images']} images, "
         f"{settings['steps']} steps on {machine['device']} ({machine.get('gpu') or machine.get('cpu')})",
         "",
-        f"Each row in its own process; {settings['iterations']} iterations, the last one reported. PSNR and max abs "
+        f"Each row in its own process; {settings['iterations']} iterations, the last one reported (and the median of "
+        f"all). PSNR and max abs "
         f"difference against the first row's images (same seed). torch {machine['torch']}, diffusers "
         f"{machine['diffusers']}; {machine['created']}; `{machine['command']}`",
         "",
-        "| configuration | latency s | × fp32 | × stacked SDPA | peak memory GB | PSNR dB | max abs diff | ready s |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| configuration | latency s | median s | × fp32 | × stacked SDPA | peak memory GB | PSNR dB | max abs diff "
+        "| ready s |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     skipped = []
     for row in report["results"]:
@@ -36,7 +38,8 @@ def optimizations_markdown(report: dict) -> str:
             psnr = "identical" if row["psnr_db"] is None else f"{row['psnr_db']:.1f}"
         difference = "–" if row["max_abs_diff"] is None else f"{row['max_abs_diff']:.4f}"
         lines.append(
-            f"| {row['config']} | {row['latency_s']:.3f} | {_ratio(row['vs_fp32'])} | {_ratio(row['vs_stacked_sdpa'])} "
+            f"| {row['config']} | {row['latency_s']:.3f} | {row['median_latency_s']:.3f} | {_ratio(row['vs_fp32'])} "
+            f"| {_ratio(row['vs_stacked_sdpa'])} "
             f"| {row['peak_memory_gb']:.2f} | {psnr} | {difference} | {row['ready_s']:.1f} |"
         )
     memory = next((r["memory_measure"] for r in report["results"] if r["status"] == "ok"), "")

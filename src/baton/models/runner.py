@@ -231,11 +231,7 @@ class ModelRunner(ABC):
         if pipe is None:
             pipe = self.pipeline_with_scheduler(request.scheduler)
             self._stacked_pipelines[request.scheduler] = pipe
-        with self.running("denoiser"):
-            return self._call_pipeline(pipe, request, generator)
-
-    @staticmethod
-    def _call_pipeline(pipe: DiffusionPipeline, request: GenerationRequest, generator: torch.Generator):
+        # (no `running()` here: the options it serves, model offload and attention kernels, are staged-only)
         return pipe(
             prompt=request.prompt,
             negative_prompt=request.negative_prompt,

@@ -70,6 +70,7 @@ def check_optimizations(config: EngineConfig, device: torch.device) -> None:
             "offload": opts.offload == "model",
             "text_encoder_dtype": opts.text_encoder_dtype != "auto",
             "vae_dtype": opts.vae_dtype != "auto",
+            "attention": opts.attention not in ("sdpa", "classic"),  # a kernel choice covers the denoiser only
         }
         for field, asked in staged_only.items():
             if asked:
