@@ -40,12 +40,13 @@ def test_the_table_runs_the_rows_that_apply_and_explains_the_rest(tmp_path, caps
     assert (tmp_path / "optimizations.png").read_bytes()[:4] == b"\x89PNG"
     stdout = capsys.readouterr().out
     assert "| bf16 + SDPA + VAE slicing |" in stdout and "needs a CUDA device" in stdout
+    assert "- lossless preset low-memory:" in stdout
 
 
 def test_the_rows_follow_the_write_up_then_the_presets():
     names = [row.name for row in table_rows(OptimizationSettings(), "cuda")]
-    assert names[0] == "fp32, classic attention" and names[3:6] == [
-        "fp16, classic attention", "fp16 + SDPA", "fp16 + SDPA + compile"
+    assert names[0] == "fp32, classic attention" and names[3:7] == [
+        "fp16, classic attention", "fp16 + SDPA", "fp16 + SDPA + compile", "fp16 + SDPA + compile (restart, warm cache)"
     ]
     assert names[-4:] == ["preset baseline", "preset fast", "preset low-memory", "preset max-throughput"]
     compiled = [row for row in table_rows(OptimizationSettings(images=4), "cuda")
@@ -63,3 +64,28 @@ def test_image_distance_and_speedups():
             {"config": "offload", "kind": "option", "status": "skipped", "reason": "no"}]
     add_speedups(rows)
     assert [(r["vs_fp32"], r["vs_stacked_sdpa"]) for r in rows] == [(1.0, 0.5), (2.0, 1.0), (4.0, 2.0), (None, None)]
+
+
+def test_headline_checks_state_the_targets():
+    from baton.bench.optimizations_report import headline_checks
+
+    def row(config, kind, latency, psnr=None, ready=1.0):
+        return {"config": config, "kind": kind, "status": "ok", "latency_s": latency, "psnr_db": psnr,
+                "ready_s": ready}
+
+    report = {
+        "settings": {"lossless_presets": ["fast"], "lossless_psnr_db": 35.0},
+        "results": [
+            row("fp32, classic attention", "reference", 8.0),
+            row("fp16 + SDPA", "option", 2.0, 40.0),
+            row("fp16 + SDPA + compile (restart, warm cache)", "restart", 1.5, 40.0, ready=12.5),
+            row("preset fast", "preset", 1.0, 30.0),
+            row("preset max-throughput", "preset", 0.8, 10.0),
+        ],
+    }
+    assert headline_checks(report) == [
+        "fp16 + SDPA is 4.00× faster than fp32, classic attention",
+        "best preset: preset max-throughput, 2.50× faster than fp16 + SDPA",
+        "lossless preset fast: 30.0 dB against the reference (BELOW 35 dB)",
+        "fp16 + SDPA + compile (restart, warm cache): ready in 12.5 s",
+    ]

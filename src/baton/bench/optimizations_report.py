@@ -6,7 +6,8 @@ from pathlib import Path
 
 from baton.bench.report import _machine_line, _pyplot, _ratio, write_json
 
-KIND_COLOURS = {"reference": "#7f7f7f", "baseline": "#bcbd22", "option": "#1f77b4", "preset": "#d62728"}
+KIND_COLOURS = {"reference": "#7f7f7f", "baseline": "#bcbd22", "option": "#1f77b4", "restart": "#17becf",
+                "preset": "#d62728"}
 
 
 def optimizations_markdown(report: dict) -> str:
@@ -44,9 +45,40 @@ def optimizations_markdown(report: dict) -> str:
         )
     memory = next((r["memory_measure"] for r in report["results"] if r["status"] == "ok"), "")
     lines += ["", f"Peak memory: {memory}."]
+    headline = headline_checks(report)
+    if headline:
+        lines += ["", *(f"- {line}" for line in headline)]
     if skipped:
         lines += ["", "Rows that do not apply here, with the engine's reason:", "", *skipped]
     return "\n".join(lines) + "\n"
+
+
+def headline_checks(report: dict) -> list[str]:
+    """The issue's comparisons, computed from the rows (never asserted in tests)."""
+    rows = {r["config"]: r for r in report["results"] if r["status"] == "ok"}
+    by_kind = lambda kind: [r for r in rows.values() if r["kind"] == kind]  # noqa: E731
+    lines = []
+    reference = next(iter(by_kind("reference")), None)
+    half_sdpa = next((r for r in by_kind("option") if r["config"].endswith(" + SDPA")), None)
+    if reference and half_sdpa:
+        lines.append(f"{half_sdpa['config']} is {reference['latency_s'] / half_sdpa['latency_s']:.2f}× faster than "
+                     f"{reference['config']}")
+    presets = by_kind("preset")
+    if half_sdpa and presets:
+        best = min(presets, key=lambda r: r["latency_s"])
+        lines.append(f"best preset: {best['config']}, {half_sdpa['latency_s'] / best['latency_s']:.2f}× faster than "
+                     f"{half_sdpa['config']}")
+    for row in presets:
+        name = row["config"].removeprefix("preset ")
+        if name in report["settings"]["lossless_presets"]:
+            psnr = row["psnr_db"]
+            verdict = "identical" if psnr is None else f"{psnr:.1f} dB"
+            floor = report["settings"]["lossless_psnr_db"]
+            lines.append(f"lossless preset {name}: {verdict} against the reference "
+                         f"({'above' if psnr is None or psnr >= floor else 'BELOW'} {floor:g} dB)")
+    for row in by_kind("restart"):
+        lines.append(f"{row['config']}: ready in {row['ready_s']:.1f} s")
+    return lines
 
 
 def plot_optimizations(report: dict, path: Path) -> None:
