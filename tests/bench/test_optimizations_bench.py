@@ -84,8 +84,8 @@ def test_headline_checks_state_the_targets():
         ],
     }
     assert headline_checks(report) == [
-        "fp16 + SDPA is 4.00× faster than fp32, classic attention",
-        "best preset: preset max-throughput, 2.50× faster than fp16 + SDPA",
+        "fp16 + SDPA: 4.00× the speed of fp32, classic attention",
+        "fastest preset: preset max-throughput, 2.50× the speed of fp16 + SDPA",
         "lossless preset fast: 30.0 dB against the reference (BELOW 35 dB)",
         "fp16 + SDPA + compile (restart, warm cache): ready in 12.5 s",
     ]
