@@ -127,11 +127,20 @@ def _generate(args: argparse.Namespace) -> int:
 
 
 def _engine(args: argparse.Namespace, **fields):
+    import dataclasses
+
     from baton import Engine
     from baton.device import resolve_device
 
     device_type = resolve_device(args.device).type
     config = config_from_args(args, device_type, models=(args.model,), device=args.device, dtype=args.dtype, **fields)
+    compile_config = config.optimizations.compile
+    if getattr(args, "size", None) and not compile_config.sizes and config.optimizations.static_shapes:
+        # compile (or capture) the size asked for, not only the model's native one
+        compile_config = dataclasses.replace(compile_config, sizes=(tuple(args.size),))
+        config = dataclasses.replace(
+            config, optimizations=dataclasses.replace(config.optimizations, compile=compile_config)
+        )
     with console.status(f"loading {args.model} …"):
         return Engine(config)
 
