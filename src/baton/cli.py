@@ -61,6 +61,23 @@ def _parser() -> argparse.ArgumentParser:
     add_optimization_args(generate)
     generate.set_defaults(handler=_generate)
 
+    serve = commands.add_parser("serve", help="serve the OpenAI-compatible images API and the native API over HTTP")
+    serve.add_argument("--model", default="tiny-sd15", help="model(s) to load, comma-separated; the first is the "
+                                                            "default")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--device", default="auto")
+    serve.add_argument("--dtype", default="auto", choices=("auto", "float32", "float16", "bfloat16"))
+    serve.add_argument("--max-queue", type=int, default=256, help="requests in flight before 429")
+    serve.add_argument("--api-key-file", type=Path, default=None,
+                       help="file of API keys, one per line (default: $BATON_API_KEYS, comma-separated; none: no auth)")
+    serve.add_argument("--request-timeout", type=float, default=300.0, help="seconds before a request gets 504")
+    serve.add_argument("--max-prompt-chars", type=int, default=2000)
+    serve.add_argument("--max-pixels", type=int, default=16 * 1024 * 1024, help="most images x width x height per "
+                                                                                "request")
+    add_optimization_args(serve)
+    serve.set_defaults(handler=_serve)
+
     models = commands.add_parser("models", help="list the built-in models with their parameter counts")
     models.set_defaults(handler=_models)
 
@@ -143,6 +160,27 @@ def _engine(args: argparse.Namespace, **fields):
         )
     with console.status(f"loading {args.model} …"):
         return Engine(config)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from baton.device import resolve_device
+    from baton.server import ServerConfig, create_app
+    from baton.server.app import load_api_keys
+
+    models = tuple(name.strip() for name in args.model.split(",") if name.strip())
+    engine_config = config_from_args(args, resolve_device(args.device).type, models=models, device=args.device,
+                                     dtype=args.dtype, max_queue=args.max_queue)
+    keys = load_api_keys(args.api_key_file)
+    server_config = ServerConfig(api_keys=keys, request_timeout_s=args.request_timeout,
+                                 max_prompt_chars=args.max_prompt_chars, max_pixels_per_request=args.max_pixels)
+    logging.getLogger("baton.server").setLevel(logging.INFO)
+    console.print(f"baton serving {', '.join(models)} at [bold]http://{args.host}:{args.port}[/] "
+                  f"({'API keys required' if keys else 'no auth'}); /readyz turns 200 once the models are loaded",
+                  highlight=False)
+    uvicorn.run(create_app(engine_config, server_config), host=args.host, port=args.port, log_level="info")
+    return 0
 
 
 def _profile(out_dir: Path | None, device):

@@ -1,0 +1,171 @@
+"""The FastAPI app: one engine, loaded in the background so ``/healthz`` answers at once and ``/readyz`` turns
+green when the models are loaded and warmed; bearer-token auth on everything but the probes; a body-size limit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import logging
+import os
+import threading
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from fastapi import Depends, FastAPI, Request
+from fastapi.responses import JSONResponse, Response
+
+from baton.config import EngineConfig
+from baton.engine import Engine
+from baton.server.errors import ApiError, error_response, install_error_handlers
+from baton.server.images import ImageStore
+
+logger = logging.getLogger(__name__)
+
+API_KEYS_ENV = "BATON_API_KEYS"
+"""Comma-separated API keys, read when no key file is given."""
+
+
+@dataclass(frozen=True, slots=True)
+class ServerConfig:
+    """What the HTTP layer enforces on top of the engine's own request checks."""
+
+    api_keys: tuple[str, ...] = ()
+    """Bearer tokens accepted; empty: no auth."""
+    max_body_bytes: int = 1 << 20
+    """Largest request body (413 beyond)."""
+    max_prompt_chars: int = 2000
+    """Longest prompt or negative prompt, in characters."""
+    max_pixels_per_request: int = 16 * 1024 * 1024
+    """Most pixels one request may ask for: images x width x height."""
+    request_timeout_s: float = 300.0
+    """Default time a request may take; past it the answer is 504 and its remaining work is dropped."""
+    image_ttl_s: float = 3600.0
+    """How long an image served by URL stays available."""
+    image_store_bytes: int = 512 * 1024 * 1024
+    """Total bytes of images kept for URLs; the oldest go first."""
+
+    def __post_init__(self) -> None:
+        for name in ("max_body_bytes", "max_prompt_chars", "max_pixels_per_request", "image_store_bytes"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"`{name}` must be >= 1, got {getattr(self, name)!r}")
+        for name in ("request_timeout_s", "image_ttl_s"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"`{name}` must be > 0, got {getattr(self, name)!r}")
+        if any(not key for key in self.api_keys):
+            raise ValueError("`api_keys` must not contain empty keys")
+
+
+def load_api_keys(path: Path | None) -> tuple[str, ...]:
+    """Keys from a file (one per line, ``#`` comments) or, without one, from ``$BATON_API_KEYS``."""
+    if path is not None:
+        lines = path.read_text().splitlines()
+        return tuple(line.strip() for line in lines if line.strip() and not line.strip().startswith("#"))
+    return tuple(key.strip() for key in os.environ.get(API_KEYS_ENV, "").split(",") if key.strip())
+
+
+@dataclass
+class ServerState:
+    """What the routes share: the engine once loaded, the settings, the URL image store."""
+
+    config: ServerConfig
+    images: ImageStore
+    engine: Engine | None = None
+    load_error: BaseException | None = None
+    draining: bool = False
+    loaded: threading.Event = field(default_factory=threading.Event)
+
+    def ready_engine(self) -> Engine:
+        if self.engine is None or self.draining or self.engine.closed:
+            reason = "shutting down" if self.draining else (
+                f"failed to load: {self.load_error}" if self.load_error else "loading models")
+            raise ApiError(503, f"the server is not ready ({reason})", type_="server_error", code="not_ready",
+                           headers={"Retry-After": "5"})
+        return self.engine
+
+
+def create_app(engine_config: EngineConfig, config: ServerConfig | None = None,
+               engine_factory: Callable[[EngineConfig], Engine] = Engine) -> FastAPI:
+    """The app; the engine is built from ``engine_config`` in the background once the app starts."""
+    from baton.server.native_api import router as native_router
+    from baton.server.openai_api import router as openai_router
+
+    config = config or ServerConfig()
+    state = ServerState(config, ImageStore(config.image_ttl_s, config.image_store_bytes))
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        loading = asyncio.create_task(asyncio.to_thread(_load, state, engine_config, engine_factory))
+        try:
+            yield
+        finally:
+            state.draining = True
+            await loading
+            if state.engine is not None:
+                await asyncio.to_thread(state.engine.close)  # finishes what it admitted
+
+    app = FastAPI(title="baton", version=_version(), lifespan=lifespan,
+                  description="Text-to-image serving: an OpenAI-compatible images API and baton's native API.")
+    app.state.baton = state
+    install_error_handlers(app)
+
+    @app.middleware("http")
+    async def limit_body(request: Request, call_next):
+        length = request.headers.get("content-length")
+        if length is not None and length.isdigit() and int(length) > config.max_body_bytes:
+            return error_response(ApiError(413, f"the request body has {length} bytes; the limit is "
+                                                f"{config.max_body_bytes}", code="body_too_large"))
+        return await call_next(request)
+
+    @app.get("/healthz", tags=["health"])
+    def healthz() -> dict:
+        """Alive: the process answers (whatever the engine's state)."""
+        return {"status": "ok"}
+
+    @app.get("/readyz", tags=["health"], responses={503: {"description": "loading, failed or shutting down"}})
+    def readyz() -> Response:
+        """Ready: the models are loaded and warmed, and the server is not shutting down."""
+        if state.engine is None or state.draining or state.engine.dead:
+            status = "draining" if state.draining else ("failed" if state.load_error else "loading")
+            return JSONResponse({"status": status}, status_code=503)
+        return JSONResponse({"status": "ready", "pending": state.engine.pending})
+
+    protected = [Depends(require_api_key)]
+    app.include_router(openai_router, dependencies=protected)
+    app.include_router(native_router, dependencies=protected)
+    return app
+
+
+def require_api_key(request: Request) -> None:
+    """Bearer-token auth, compared in constant time against every configured key."""
+    keys = request.app.state.baton.config.api_keys
+    if not keys:
+        return
+    header = request.headers.get("authorization", "")
+    scheme, _, token = header.partition(" ")
+    given = token.strip().encode() if scheme.lower() == "bearer" else b""
+    matched = False
+    for key in keys:  # no early exit: the time taken does not tell which key, or how much of it, matched
+        matched |= hmac.compare_digest(given, key.encode())
+    if not matched:
+        raise ApiError(401, "missing or invalid API key: send `Authorization: Bearer <key>`",
+                       type_="authentication_error", code="invalid_api_key")
+
+
+def _load(state: ServerState, engine_config: EngineConfig, factory: Callable[[EngineConfig], Engine]) -> None:
+    try:
+        state.engine = factory(engine_config)
+        logger.info("ready: %s loaded and warmed", ", ".join(state.engine.runners))
+    except BaseException as exc:
+        state.load_error = exc
+        logger.exception("the engine failed to load")
+    finally:
+        state.loaded.set()
+
+
+def _version() -> str:
+    from baton import __version__
+
+    return __version__
