@@ -163,11 +163,10 @@ def _engine(args: argparse.Namespace, **fields):
 
 
 def _serve(args: argparse.Namespace) -> int:
-    import uvicorn
-
     from baton.device import resolve_device
     from baton.server import ServerConfig, create_app
     from baton.server.app import load_api_keys
+    from baton.server.run import serve
 
     models = tuple(name.strip() for name in args.model.split(",") if name.strip())
     engine_config = config_from_args(args, resolve_device(args.device).type, models=models, device=args.device,
@@ -179,7 +178,7 @@ def _serve(args: argparse.Namespace) -> int:
     console.print(f"baton serving {', '.join(models)} at [bold]http://{args.host}:{args.port}[/] "
                   f"({'API keys required' if keys else 'no auth'}); /readyz turns 200 once the models are loaded",
                   highlight=False)
-    uvicorn.run(create_app(engine_config, server_config), host=args.host, port=args.port, log_level="info")
+    serve(create_app(engine_config, server_config), args.host, args.port)
     return 0
 
 

@@ -25,7 +25,7 @@ from baton.executors import Executor, StackedExecutor, StagedExecutor
 from baton.models import SCHEDULER_NAMES, ModelRunner, load_model
 from baton.optim import apply_optimizations, check_optimizations
 from baton.request import GenerationRequest, GenerationResult, validate_request
-from baton.stages import Job, ProgressCallback
+from baton.stages import Job, PreviewCallback, ProgressCallback
 
 logger = logging.getLogger(__name__)
 
@@ -95,6 +95,8 @@ class Engine:
         /,
         *,
         progress: ProgressCallback | None = None,
+        preview: PreviewCallback | None = None,
+        preview_every: int = 0,
         **fields: Any,
     ) -> Future[GenerationResult]:
         """Admit a request and return a future of its result.
@@ -102,7 +104,11 @@ class Engine:
         Pass a :class:`GenerationRequest`, or its fields as keywords (``prompt=...``, ``steps=...``). Invalid
         requests raise :class:`~baton.InvalidRequestError` here, before any work; a full engine raises
         :class:`~baton.QueueFullError`. Cancelling the future drops the request's remaining work at the next step.
+        ``progress(steps_done, steps_total)`` and, every ``preview_every`` steps, ``preview(steps_done,
+        steps_total, rgb)`` are called from the denoiser's thread (staged mode); they must be quick.
         """
+        if preview is not None and preview_every < 1:
+            raise ValueError(f"`preview_every` must be >= 1 when a preview callback is given, got {preview_every!r}")
         # 1. the engine must be able to take it
         if self._dead is not None:
             raise EngineDeadError(f"the engine is dead: {self._dead!r}")
@@ -121,6 +127,8 @@ class Engine:
             seed=request.seed if request.seed is not None else secrets.randbelow(_SEED_RANGE),
             submitted_at=time.perf_counter(),
             progress=progress,
+            preview=preview,
+            preview_every=preview_every,
         )
         with self._lock:
             if self._closed:
@@ -184,6 +192,18 @@ class Engine:
     @property
     def dead(self) -> bool:
         return self._dead is not None
+
+    def stats(self) -> dict[str, Any]:
+        """What is in flight now, per stage (cheap; safe from any thread): for metrics and dashboards."""
+        queued = {stage.name: stage.queued for stage in getattr(self._executor, "stages", [])}
+        denoiser = getattr(self._executor, "denoiser", None)
+        if isinstance(self._executor, StackedExecutor):
+            queued = {StackedExecutor.name: self._executor.queued}
+        return {
+            "pending": self.pending,
+            "queued": queued,
+            "denoising": denoiser.running if denoiser is not None else None,
+        }
 
     def describe(self) -> dict[str, Any]:
         """What this engine runs, for ``baton info`` and servers."""

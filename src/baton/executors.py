@@ -91,6 +91,10 @@ class StackedExecutor:
     def start(self) -> None:
         self._thread.start()
 
+    @property
+    def queued(self) -> int:
+        return self._inbox.qsize()
+
     def enqueue(self, job: Job) -> None:
         job.enter(self.name, time.perf_counter())
         self._inbox.put(job)

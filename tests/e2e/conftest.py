@@ -13,6 +13,7 @@ import uvicorn
 
 from baton.config import EngineConfig
 from baton.server import ServerConfig, create_app
+from baton.server.run import BatonServer
 
 
 @contextlib.contextmanager
@@ -24,7 +25,7 @@ def running_server(engine_config: EngineConfig | None = None, config: ServerConf
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    server = BatonServer(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     url = f"http://127.0.0.1:{port}"

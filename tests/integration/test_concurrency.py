@@ -69,3 +69,15 @@ def test_progress_callback_reports_every_step_and_a_raising_one_is_ignored(sd15_
 
     result = sd15_engine.generate(prompt="a", width=64, height=64, steps=3, progress=broken)
     assert len(result.images) == 1
+
+
+def test_previews_arrive_every_k_steps_and_stats_count_what_is_in_flight():
+    previews = []
+    with Engine(models="tiny-sdxl", device="cpu") as engine:
+        assert engine.stats() == {"pending": 0, "queued": {"denoise": 0, "image_encode": 0}, "denoising": 0}
+        result = engine.submit(prompt="a fox", steps=7, width=64, height=64, num_images=2, seed=1,
+                               preview=lambda done, total, rgb: previews.append((done, total, rgb)),
+                               preview_every=3).result(60)
+    assert [(done, total) for done, total, _ in previews] == [(3, 7), (6, 7)]  # not at the end: the image follows
+    assert all(rgb.shape == (2, 8, 8, 3) and rgb.dtype.name == "uint8" for _, _, rgb in previews)
+    assert result.images[0].size == (64, 64)

@@ -16,11 +16,13 @@ from pathlib import Path
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from baton.config import EngineConfig
 from baton.engine import Engine
 from baton.server.errors import ApiError, error_response, install_error_handlers
 from baton.server.images import ImageStore
+from baton.server.metrics import ServerMetrics
 
 logger = logging.getLogger(__name__)
 
@@ -72,6 +74,7 @@ class ServerState:
 
     config: ServerConfig
     images: ImageStore
+    metrics: ServerMetrics
     engine: Engine | None = None
     load_error: BaseException | None = None
     draining: bool = False
@@ -93,7 +96,8 @@ def create_app(engine_config: EngineConfig, config: ServerConfig | None = None,
     from baton.server.openai_api import router as openai_router
 
     config = config or ServerConfig()
-    state = ServerState(config, ImageStore(config.image_ttl_s, config.image_store_bytes))
+    metrics = ServerMetrics(lambda: state.engine)  # read at scrape time, when `state` exists
+    state = ServerState(config, ImageStore(config.image_ttl_s, config.image_store_bytes), metrics)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -111,13 +115,7 @@ def create_app(engine_config: EngineConfig, config: ServerConfig | None = None,
     app.state.baton = state
     install_error_handlers(app)
 
-    @app.middleware("http")
-    async def limit_body(request: Request, call_next):
-        length = request.headers.get("content-length")
-        if length is not None and length.isdigit() and int(length) > config.max_body_bytes:
-            return error_response(ApiError(413, f"the request body has {length} bytes; the limit is "
-                                                f"{config.max_body_bytes}", code="body_too_large"))
-        return await call_next(request)
+    app.add_middleware(_BodyLimitAndCount, state=state)
 
     @app.get("/healthz", tags=["health"])
     def healthz() -> dict:
@@ -132,10 +130,48 @@ def create_app(engine_config: EngineConfig, config: ServerConfig | None = None,
             return JSONResponse({"status": status}, status_code=503)
         return JSONResponse({"status": "ready", "pending": state.engine.pending})
 
+    @app.get("/metrics", tags=["health"], dependencies=[Depends(require_api_key)], response_class=Response)
+    def metrics() -> Response:
+        """Prometheus metrics (text format)."""
+        return Response(generate_latest(state.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
     protected = [Depends(require_api_key)]
     app.include_router(openai_router, dependencies=protected)
     app.include_router(native_router, dependencies=protected)
     return app
+
+
+class _BodyLimitAndCount:
+    """Refuse bodies over the limit (413) and count every answer by endpoint and status.
+
+    A plain ASGI middleware, not ``@app.middleware("http")``: that wrapper stands between the route and the
+    client's disconnect message, and the routes watch for it to drop abandoned work."""
+
+    def __init__(self, app, state: ServerState) -> None:
+        self.app = app
+        self.state = state
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        status = {"code": 500}
+
+        async def counting_send(message) -> None:
+            if message["type"] == "http.response.start":
+                status["code"] = message["status"]
+            await send(message)
+
+        limit = self.state.config.max_body_bytes
+        length = dict(scope["headers"]).get(b"content-length", b"")
+        if length.isdigit() and int(length) > limit:
+            response = error_response(ApiError(413, f"the request body has {int(length)} bytes; the limit is "
+                                                    f"{limit}", code="body_too_large"))
+            await response(scope, receive, counting_send)
+        else:
+            await self.app(scope, receive, counting_send)
+        endpoint = getattr(scope.get("route"), "path", "unmatched")  # the router records the matched route here
+        self.state.metrics.requests.labels(endpoint, str(status["code"])).inc()
 
 
 def require_api_key(request: Request) -> None:

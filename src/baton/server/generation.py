@@ -1,10 +1,14 @@
-"""Running one request for a route: HTTP-level limits, admission, the timeout, and errors mapped to statuses."""
+"""Running one request for a route: HTTP-level limits, admission, the timeout, a client that leaves, and errors
+mapped to statuses. Both ends drop the request's remaining work at the next denoising step (the future is
+cancelled) and are counted in ``baton_requests_cancelled``."""
 
 from __future__ import annotations
 
 import asyncio
 import base64
 import contextlib
+import time
+from concurrent.futures import Future
 
 from fastapi import Request
 
@@ -14,35 +18,62 @@ from baton.server.app import ServerState
 from baton.server.errors import ApiError, from_engine_error
 
 MEDIA_TYPES = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}
+DISCONNECT_POLL_S = 0.1
 
 
 def server_state(request: Request) -> ServerState:
     return request.app.state.baton
 
 
-async def generate(state: ServerState, request: GenerationRequest, timeout_s: float | None) -> GenerationResult:
-    """Check, admit and await ``request``; a timeout drops its remaining work at the next step (504)."""
+def admit(state: ServerState, request: GenerationRequest, **callbacks) -> tuple[GenerationRequest, Future]:
+    """Check and submit ``request`` (400/404 for bad input, 429 when full, 503 when not serving)."""
     engine = state.ready_engine()
     try:
-        request = engine.resolve(request)  # the engine's own checks, naming the field (400 / 404)
+        request = engine.resolve(request)  # the engine's own checks, naming the field
     except InvalidRequestError as exc:
         raise from_engine_error(exc) from None
     _check_http_limits(state, request)
     try:
-        future = engine.submit(request)
-    except BatonError as exc:  # a full queue (429), a closed or dead engine (503)
+        return request, engine.submit(request, **callbacks)
+    except BatonError as exc:  # a full queue, a closed or dead engine
         raise from_engine_error(exc) from None
+
+
+async def generate(state: ServerState, http_request: Request, request: GenerationRequest,
+                   timeout_s: float | None, endpoint: str) -> GenerationResult:
+    """Admit and await ``request``. A timeout answers 504; a client that leaves gets nothing (499 in the logs)."""
+    started = time.perf_counter()
+    _, future = admit(state, request)
     waiting = asyncio.wrap_future(future)
+    gone = asyncio.create_task(_client_gone(http_request))
     try:
-        return await asyncio.wait_for(waiting, timeout_s or state.config.request_timeout_s)
-    except TimeoutError:
-        future.cancel()  # wait_for cancelled the wrapper; make sure the engine drops the work
-        raise from_engine_error(TimeoutError()) from None
-    except asyncio.CancelledError:  # the client went away: free the denoiser at the next step
+        done, _ = await asyncio.wait({waiting, gone}, timeout=timeout_s or state.config.request_timeout_s,
+                                     return_when=asyncio.FIRST_COMPLETED)
+    except asyncio.CancelledError:  # the server cancelled this handler: the client left, or shutdown
         future.cancel()
+        state.metrics.cancelled.labels("client_disconnected").inc()
         raise
+    finally:
+        gone.cancel()
+    if waiting not in done:
+        future.cancel()  # the engine drops the remaining work at its next step boundary
+        reason = "client_disconnected" if gone in done else "timeout"
+        state.metrics.cancelled.labels(reason).inc()
+        if reason == "timeout":
+            raise from_engine_error(TimeoutError())
+        raise ApiError(499, "the client closed the connection", code="client_closed_request")
+    try:
+        result = waiting.result()
     except Exception as exc:
         raise from_engine_error(exc) from None
+    state.metrics.observe_result(result)
+    state.metrics.latency.labels(endpoint).observe(time.perf_counter() - started)
+    return result
+
+
+async def _client_gone(http_request: Request) -> None:
+    while not await http_request.is_disconnected():
+        await asyncio.sleep(DISCONNECT_POLL_S)
 
 
 def image_entries(state: ServerState, http_request: Request, result: GenerationResult, output_format: str,

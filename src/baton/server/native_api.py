@@ -1,22 +1,34 @@
-"""baton's native API: ``POST /v1/generate`` with every engine option and the per-stage timings; ``GET /v1/models``."""
+"""baton's native API: ``POST /v1/generate`` with every engine option and the per-stage timings, optionally as a
+stream of Server-Sent Events (step progress, cheap previews, then the result); ``GET /v1/models``, ``/v1/stats``.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import base64
+import io
+import json
 import time
 import uuid
+from collections.abc import AsyncIterator
 from typing import Literal
 
+import numpy as np
 from fastapi import APIRouter, Request
+from fastapi.responses import StreamingResponse
+from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field
 
-from baton.request import GenerationRequest
-from baton.server.generation import generate, image_entries, server_state
+from baton.request import GenerationRequest, GenerationResult
+from baton.server.app import ServerState
+from baton.server.errors import from_engine_error
+from baton.server.generation import admit, generate, image_entries, server_state
 
 router = APIRouter(tags=["native"])
 
 
 class GenerateRequest(BaseModel):
-    """Every field of :class:`baton.GenerationRequest`, plus the response's shape and a timeout."""
+    """Every field of :class:`baton.GenerationRequest`, plus the response's shape, streaming and a timeout."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -34,19 +46,36 @@ class GenerateRequest(BaseModel):
     output_format: Literal["png", "jpeg", "webp"] = "png"
     response_format: Literal["b64_json", "url"] = "b64_json"
     timeout_s: float | None = Field(None, gt=0, description="default: the server's request timeout")
+    stream: bool = Field(False, description="answer with Server-Sent Events: progress, previews, then the result")
+    preview_every: int = Field(0, ge=0, description="with `stream`: a preview every k steps (0: none)")
 
 
-@router.post("/v1/generate")
-async def generate_images(body: GenerateRequest, http_request: Request) -> dict:
-    """Generate images with every engine option; the answer carries the seed and each stage's timings."""
+_NOT_REQUEST_FIELDS = {"response_format", "timeout_s", "stream", "preview_every"}
+
+
+@router.post("/v1/generate", responses={200: {"content": {"application/json": {}, "text/event-stream": {}}}})
+async def generate_images(body: GenerateRequest, http_request: Request):
+    """Generate images with every engine option; the answer carries the seed and each stage's timings.
+
+    With ``stream: true`` the answer is ``text/event-stream``: ``progress`` events (``{"step", "steps"}``) after
+    each denoising step, ``preview`` events every ``preview_every`` steps (PNG images from a linear map of the
+    latents, no VAE), then one ``result`` event (the JSON of the non-streaming answer) or one ``error`` event."""
     state = server_state(http_request)
-    fields = body.model_dump(exclude={"response_format", "timeout_s"})
-    result = await generate(state, GenerationRequest(**fields), body.timeout_s)
+    request = GenerationRequest(**body.model_dump(exclude=_NOT_REQUEST_FIELDS))
+    if body.stream:
+        return _stream(state, http_request, body, request)
+    started = time.perf_counter()
+    result = await generate(state, http_request, request, body.timeout_s, endpoint="/v1/generate")
+    return _answer(state, http_request, body, result, started)
+
+
+def _answer(state: ServerState, http_request: Request, body: GenerateRequest, result: GenerationResult,
+            started: float) -> dict:
     first = result.images[0]
     return {
         "id": uuid.uuid4().hex,
         "created": int(time.time()),
-        "model": body.model or state.ready_engine().default_model,
+        "model": body.model or state.engine.default_model,  # (not ready_engine(): it may be draining now)
         "seed": result.seed,
         "width": first.width,
         "height": first.height,
@@ -59,6 +88,78 @@ async def generate_images(body: GenerateRequest, http_request: Request) -> dict:
         },
         "images": image_entries(state, http_request, result, body.output_format, body.response_format),
     }
+
+
+def _stream(state: ServerState, http_request: Request, body: GenerateRequest,
+            request: GenerationRequest) -> StreamingResponse:
+    loop = asyncio.get_running_loop()
+    events: asyncio.Queue[tuple] = asyncio.Queue()
+
+    def push(*event) -> None:  # called on the denoiser's thread
+        loop.call_soon_threadsafe(events.put_nowait, event)
+
+    callbacks = {"progress": lambda done, total: push("progress", done, total, None)}
+    if body.preview_every:
+        callbacks.update(preview=lambda done, total, rgb: push("preview", done, total, rgb),
+                         preview_every=body.preview_every)
+    started = time.perf_counter()
+    _, future = admit(state, request, **callbacks)  # bad input and a full queue still answer plain JSON errors
+    future.add_done_callback(lambda _: push("done", 0, 0, None))
+
+    async def stream() -> AsyncIterator[str]:
+        deadline = loop.time() + (body.timeout_s or state.config.request_timeout_s)
+        settled = False
+        try:
+            while True:
+                try:
+                    kind, done, total, rgb = await asyncio.wait_for(events.get(), max(0.0, deadline - loop.time()))
+                except TimeoutError:
+                    future.cancel()
+                    state.metrics.cancelled.labels("timeout").inc()
+                    settled = True
+                    yield _event("error", _error_body(from_engine_error(TimeoutError())))
+                    return
+                if kind == "progress":
+                    yield _event("progress", {"step": done, "steps": total})
+                elif kind == "preview":
+                    images = await asyncio.to_thread(_preview_pngs, rgb)
+                    yield _event("preview", {"step": done, "steps": total, "images": images})
+                else:
+                    settled = True
+                    try:
+                        result = future.result()
+                    except Exception as exc:
+                        yield _event("error", _error_body(from_engine_error(exc)))
+                        return
+                    state.metrics.observe_result(result)
+                    state.metrics.latency.labels("/v1/generate").observe(time.perf_counter() - started)
+                    yield _event("result", _answer(state, http_request, body, result, started))
+                    return
+        finally:
+            if not settled:  # the client went away mid-stream: free the denoiser at the next step
+                future.cancel()
+                state.metrics.cancelled.labels("client_disconnected").inc()
+
+    return StreamingResponse(stream(), media_type="text/event-stream",
+                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+
+def _event(kind: str, data: dict) -> str:
+    return f"event: {kind}\ndata: {json.dumps(data)}\n\n"
+
+
+def _error_body(error) -> dict:
+    return {"error": {"message": error.message, "type": error.type, "param": error.param, "code": error.code},
+            "status": error.status}
+
+
+def _preview_pngs(rgb: np.ndarray) -> list[str]:
+    encoded = []
+    for image in rgb:
+        buffer = io.BytesIO()
+        Image.fromarray(image).save(buffer, format="PNG")
+        encoded.append(base64.b64encode(buffer.getvalue()).decode("ascii"))
+    return encoded
 
 
 @router.get("/v1/models")
@@ -74,3 +175,11 @@ def list_models(http_request: Request) -> dict:
         ],
         "engine": {key: value for key, value in described.items() if key != "models"},
     }
+
+
+@router.get("/v1/stats")
+def stats(http_request: Request) -> dict:
+    """What is in flight now and the recent throughput (the playground's live panel reads this)."""
+    state = server_state(http_request)
+    engine = state.ready_engine()
+    return {**engine.stats(), "images_per_second": round(state.metrics.images_per_second(), 3)}

@@ -64,7 +64,7 @@ async def create_images(body: ImageGenerationRequest, http_request: Request) -> 
     width, height = parse_size(body.size)
     request = GenerationRequest(prompt=body.prompt, model=body.model, num_images=body.n, width=width, height=height,
                                 output_format=body.output_format)
-    result = await generate(state, request, timeout_s=None)
+    result = await generate(state, http_request, request, timeout_s=None, endpoint="/v1/images/generations")
     first = result.images[0] if result.images else None
     return {
         "created": int(time.time()),

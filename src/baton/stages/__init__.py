@@ -5,7 +5,7 @@ from baton.stages.decode import VaeDecodeStage
 from baton.stages.denoise import DenoiseStage
 from baton.stages.encode import TextEncodeStage
 from baton.stages.image_encode import ImageEncodeStage
-from baton.stages.job import Job, ProgressCallback
+from baton.stages.job import Job, PreviewCallback, ProgressCallback
 
 __all__ = [
     "SENTINEL",
@@ -13,6 +13,7 @@ __all__ = [
     "DenoiseStage",
     "ImageEncodeStage",
     "Job",
+    "PreviewCallback",
     "ProgressCallback",
     "Stage",
     "TextEncodeStage",

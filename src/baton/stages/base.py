@@ -76,6 +76,11 @@ class Stage(ABC):
         """Serve requests (on the stage's thread, under inference mode) until the sentinel has come and everything
         before it is handed on, or the engine aborts."""
 
+    @property
+    def queued(self) -> int:
+        """Requests waiting here: in the queue, or pulled and not yet started (read from any thread)."""
+        return self.inbox.qsize() + len(self._waiting)
+
     # -- the plumbing ---------------------------------------------------------------------------------------------
     def start(self) -> None:
         self._thread.start()

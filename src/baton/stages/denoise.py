@@ -100,6 +100,11 @@ class DenoiseStage(Stage):
         guided = job.runner.uses_guidance(job.request.guidance_scale)
         return job.request.num_images * (2 if guided else 1)  # denoiser rows
 
+    @property
+    def running(self) -> int:
+        """Requests denoising now (read from any thread)."""
+        return len(self._running)
+
     def lookahead(self, queue_size: int) -> int:
         # see the whole queue, so priorities and keys are judged over everything waiting here
         return max(queue_size, 4 * self.config.max_rows)
@@ -265,6 +270,7 @@ class DenoiseStage(Stage):
             state.latents = step[0]
             state.index += 1
             state.job.report_progress(state.index, len(state.timesteps))
+            state.job.report_preview(state.index, len(state.timesteps), state.latents)
 
 
 def _step_kwargs(scheduler: SchedulerMixin, generator: torch.Generator) -> dict[str, Any]:

@@ -8,6 +8,7 @@ from collections.abc import Callable
 from concurrent.futures import Future, InvalidStateError
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 
 from baton.device import Mark, elapsed_s
@@ -18,6 +19,9 @@ logger = logging.getLogger(__name__)
 
 ProgressCallback = Callable[[int, int], None]
 """Called from the denoising worker as ``callback(steps_done, steps_total)``; it must be quick."""
+PreviewCallback = Callable[[int, int, "np.ndarray"], None]
+"""Called from the denoising worker every ``preview_every`` steps as ``callback(steps_done, steps_total, rgb)``,
+with ``rgb`` a uint8 array [n, H/8, W/8, 3]: the latents mapped linearly to colours (no VAE). It must be quick."""
 
 
 @dataclass(slots=True)
@@ -50,6 +54,8 @@ class Job:
     seed: int
     submitted_at: float
     progress: ProgressCallback | None = None
+    preview: PreviewCallback | None = None
+    preview_every: int = 0
     records: dict[str, StageRecord] = field(default_factory=dict)
     # Stage outputs. `ready` is the producing stage's CUDA event for the tensors (None on a CPU).
     embeddings: PromptEmbeddings | None = None
@@ -74,6 +80,17 @@ class Job:
         except Exception:  # a caller's callback must never break the batch it rides in
             logger.exception("progress callback of request %s raised; ignoring it", self.request_id)
             self.progress = None
+
+    def report_preview(self, steps_done: int, steps_total: int, latents: torch.Tensor) -> None:
+        """A cheap preview every ``preview_every`` steps (not at the last: the real image follows)."""
+        if self.preview is None or steps_done % self.preview_every or steps_done >= steps_total:
+            return
+        try:
+            # one small device-to-host copy, only for requests that asked for previews
+            self.preview(steps_done, steps_total, self.runner.preview_rgb(latents))
+        except Exception:
+            logger.exception("preview callback of request %s raised; ignoring it", self.request_id)
+            self.preview = None
 
     def finish(self, result: GenerationResult) -> None:
         self._settle(lambda: self.future.set_result(result))

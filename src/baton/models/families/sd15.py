@@ -13,6 +13,9 @@ class StableDiffusionRunner(ModelRunner):
     family = "sd15"
     pipeline_class = StableDiffusionPipeline
     default_guidance_scale = 7.5
+    # the approximation the SD web UIs use for SD1.x previews
+    latent_rgb_factors = ((0.3512, 0.2297, 0.3227), (0.3250, 0.4974, 0.2350), (-0.2829, 0.1762, 0.2721),
+                          (-0.2120, -0.2616, -0.7177))
     # StableDiffusionPipeline.__init__ rewrites these two in any scheduler's config (with a deprecation notice).
     scheduler_config_fixes = {"steps_offset": 1, "clip_sample": False}
 

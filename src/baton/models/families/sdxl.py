@@ -14,6 +14,9 @@ class StableDiffusionXLRunner(ModelRunner):
     family = "sdxl"
     pipeline_class = StableDiffusionXLPipeline
     default_guidance_scale = 5.0
+    # the approximation the SD web UIs use for SDXL previews
+    latent_rgb_factors = ((0.3920, 0.4054, 0.4549), (-0.2634, -0.0196, 0.0653), (0.0568, 0.1687, -0.0755),
+                          (-0.3112, -0.2359, -0.2076))
     upcast_vae_in_float16 = True
 
     def __init__(self, *args, **kwargs) -> None:

@@ -1,0 +1,138 @@
+"""Prometheus metrics (prometheus-client), one registry per app.
+
+Counted as requests happen: requests by endpoint and status, latency, images, cancellations (client gone,
+timeout), and each finished request's per-stage queue wait, run time and denoiser batch. Read at scrape time from
+the engine: pending requests, queue depth per stage, requests denoising, images per second over the last minute,
+prompt-cache hits and misses, device memory.
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+import threading
+import time
+from collections.abc import Callable, Iterator
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from baton.engine import Engine
+from baton.request import GenerationResult
+
+_LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2, 4, 8, 15, 30, 60, 120, 300)
+_STAGE_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+_BATCH_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32)
+THROUGHPUT_WINDOW_S = 60.0
+
+
+class ServerMetrics:
+    def __init__(self, engine: Callable[[], Engine | None]) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter("baton_requests", "HTTP requests answered, by endpoint and status code",
+                                ["endpoint", "status"], registry=self.registry)
+        self.latency = Histogram("baton_request_latency_seconds", "Time to answer a generation request",
+                                 ["endpoint"], buckets=_LATENCY_BUCKETS, registry=self.registry)
+        self.images = Counter("baton_images", "Images generated", registry=self.registry)
+        self.cancelled = Counter("baton_requests_cancelled", "Requests whose remaining work was dropped",
+                                 ["reason"], registry=self.registry)
+        self.queue_wait = Histogram("baton_stage_queue_wait_seconds", "Wait in a stage's queue, per request",
+                                    ["stage"], buckets=_STAGE_BUCKETS, registry=self.registry)
+        self.stage_run = Histogram("baton_stage_run_seconds", "A stage's run time for a request's batch",
+                                   ["stage"], buckets=_STAGE_BUCKETS, registry=self.registry)
+        self.denoiser_batch = Histogram("baton_denoiser_batch_images", "Mean images per denoiser forward a request "
+                                        "shared", buckets=_BATCH_BUCKETS, registry=self.registry)
+        self._throughput = ThroughputWindow(THROUGHPUT_WINDOW_S)
+        self.registry.register(_EngineCollector(engine, self._throughput))
+
+    def observe_result(self, result: GenerationResult) -> None:
+        images = len(result.images)
+        self.images.inc(images)
+        self._throughput.add(images)
+        for stage, timing in result.timings.items():
+            self.queue_wait.labels(stage).observe(timing.queue_wait_s)
+            self.stage_run.labels(stage).observe(timing.run_s)
+        if "denoise" in result.timings:
+            self.denoiser_batch.observe(result.timings["denoise"].batch_images)
+
+    def images_per_second(self) -> float:
+        return self._throughput.rate()
+
+
+class ThroughputWindow:
+    """Images finished over the last ``window_s`` seconds, as a rate."""
+
+    def __init__(self, window_s: float) -> None:
+        self.window_s = window_s
+        self._events: collections.deque[tuple[float, int]] = collections.deque()
+        self._lock = threading.Lock()
+        self._started = time.monotonic()
+
+    def add(self, count: int) -> None:
+        with self._lock:
+            self._events.append((time.monotonic(), count))
+
+    def rate(self) -> float:
+        now = time.monotonic()
+        with self._lock:
+            while self._events and self._events[0][0] < now - self.window_s:
+                self._events.popleft()
+            total = sum(count for _, count in self._events)
+        return total / min(self.window_s, max(now - self._started, 1e-3))
+
+
+class _EngineCollector(Collector):
+    """Gauges read from the engine at scrape time."""
+
+    def __init__(self, engine: Callable[[], Engine | None], throughput: ThroughputWindow) -> None:
+        self._engine = engine
+        self._throughput = throughput
+
+    def collect(self) -> Iterator:
+        rate = GaugeMetricFamily("baton_images_per_second", f"Images per second over the last "
+                                 f"{THROUGHPUT_WINDOW_S:g} s")
+        rate.add_metric([], self._throughput.rate())
+        yield rate
+        engine = self._engine()
+        if engine is None:
+            return
+        stats = engine.stats()
+        pending = GaugeMetricFamily("baton_pending_requests", "Requests admitted and not finished")
+        pending.add_metric([], stats["pending"])
+        yield pending
+        depth = GaugeMetricFamily("baton_queue_depth", "Requests waiting in each stage's queue", labels=["stage"])
+        for stage, queued in stats["queued"].items():
+            depth.add_metric([stage], queued)
+        yield depth
+        if stats["denoising"] is not None:
+            running = GaugeMetricFamily("baton_denoising_requests", "Requests in the denoiser's running batch")
+            running.add_metric([], stats["denoising"])
+            yield running
+        hits = CounterMetricFamily("baton_prompt_cache_hits", "Prompt-embedding cache hits", labels=["model"])
+        misses = CounterMetricFamily("baton_prompt_cache_misses", "Prompt-embedding cache misses", labels=["model"])
+        for name, runner in engine.runners.items():
+            if runner.prompt_cache is not None:
+                cache = runner.prompt_cache.stats()
+                hits.add_metric([name], cache["hits"])
+                misses.add_metric([name], cache["misses"])
+        yield hits
+        yield misses
+        memory = GaugeMetricFamily("baton_device_memory_bytes", "Memory in use on the engine's device (CUDA: "
+                                   "allocated by torch; CPU: the process's resident set)", labels=["device"])
+        memory.add_metric([str(engine.device)], _memory_bytes(engine))
+        yield memory
+
+
+def _memory_bytes(engine: Engine) -> float:
+    if engine.device.type == "cuda":
+        import torch
+
+        return float(torch.cuda.memory_allocated(engine.device))
+    try:
+        with open("/proc/self/statm") as statm:  # Linux: resident pages are the second field
+            return float(int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE"))
+    except OSError:  # no /proc: the peak is the best the standard library offers
+        import resource
+
+        return float(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
