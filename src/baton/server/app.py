@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from fastapi import Depends, FastAPI, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import FileResponse, JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from baton.config import EngineConfig
@@ -26,6 +26,7 @@ from baton.server.metrics import ServerMetrics
 
 logger = logging.getLogger(__name__)
 
+STATIC_DIR = Path(__file__).parent / "static"
 API_KEYS_ENV = "BATON_API_KEYS"
 """Comma-separated API keys, read when no key file is given."""
 
@@ -116,6 +117,11 @@ def create_app(engine_config: EngineConfig, config: ServerConfig | None = None,
     install_error_handlers(app)
 
     app.add_middleware(_BodyLimitAndCount, state=state)
+
+    @app.get("/", include_in_schema=False)
+    def playground() -> FileResponse:
+        """The web playground: one static page (no data in it, so no auth; its API calls carry the key)."""
+        return FileResponse(STATIC_DIR / "index.html", media_type="text/html")
 
     @app.get("/healthz", tags=["health"])
     def healthz() -> dict:
