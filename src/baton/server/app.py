@@ -43,6 +43,9 @@ class ServerConfig:
     """Longest prompt or negative prompt, in characters."""
     max_pixels_per_request: int = 16 * 1024 * 1024
     """Most pixels one request may ask for: images x width x height."""
+    openai_steps: int = 30
+    """Denoising steps of ``/v1/images/generations`` requests (OpenAI's API has no such field); capped at the
+    engine's ``limits.max_steps``."""
     request_timeout_s: float = 300.0
     """Default time a request may take; past it the answer is 504 and its remaining work is dropped."""
     image_ttl_s: float = 3600.0
@@ -51,7 +54,8 @@ class ServerConfig:
     """Total bytes of images kept for URLs; the oldest go first."""
 
     def __post_init__(self) -> None:
-        for name in ("max_body_bytes", "max_prompt_chars", "max_pixels_per_request", "image_store_bytes"):
+        for name in ("max_body_bytes", "max_prompt_chars", "max_pixels_per_request", "image_store_bytes",
+                     "openai_steps"):
             if getattr(self, name) < 1:
                 raise ValueError(f"`{name}` must be >= 1, got {getattr(self, name)!r}")
         for name in ("request_timeout_s", "image_ttl_s"):

@@ -30,7 +30,11 @@ router = APIRouter(tags=["native"])
 class GenerateRequest(BaseModel):
     """Every field of :class:`baton.GenerationRequest`, plus the response's shape, streaming and a timeout."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
+        {"prompt": "a red fox in the snow", "steps": 4, "width": 64, "height": 64, "seed": 0},
+        {"prompt": "a lighthouse at dusk", "negative_prompt": "blurry", "num_images": 2, "steps": 3, "width": 64,
+         "height": 64, "scheduler": "euler", "guidance_scale": 5.0, "output_format": "jpeg"},
+    ]})
 
     prompt: str = Field(min_length=1)
     negative_prompt: str | None = None

@@ -23,7 +23,10 @@ router = APIRouter(tags=["openai"])
 class ImageGenerationRequest(BaseModel):
     """OpenAI's image generation body. Unknown fields are refused (400 naming them), so typos do not pass."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
+        {"prompt": "a red fox in the snow", "n": 1, "size": "64x64"},
+        {"prompt": "a bowl of ramen", "n": 2, "size": "64x64", "response_format": "url", "output_format": "webp"},
+    ]})
 
     prompt: str = Field(min_length=1)
     model: str | None = None
@@ -62,8 +65,9 @@ async def create_images(body: ImageGenerationRequest, http_request: Request) -> 
         raise ApiError(400, "`stream` is not supported here; use POST /v1/generate", param="stream",
                        code="unsupported")
     width, height = parse_size(body.size)
+    steps = min(state.config.openai_steps, state.ready_engine().config.limits.max_steps)
     request = GenerationRequest(prompt=body.prompt, model=body.model, num_images=body.n, width=width, height=height,
-                                output_format=body.output_format)
+                                steps=steps, output_format=body.output_format)
     result = await generate(state, http_request, request, timeout_s=None, endpoint="/v1/images/generations")
     first = result.images[0] if result.images else None
     return {
