@@ -40,7 +40,7 @@ def test_no_input_makes_the_server_fail_or_hang(fuzzed_server):
         def check(case) -> None:
             case.headers = {**(case.headers or {}), "Authorization": "Bearer fuzz-key"}
             response = case.call(base_url=fuzzed_server, timeout=30)  # a hang fails here
-            seen.setdefault(operation.path, set()).add(response.status_code)
+            seen.setdefault(case.operation.path, set()).add(response.status_code)
             assert response.status_code < 500, (
                 f"{case.method} {case.path} -> {response.status_code}: {response.text[:300]}"
             )
