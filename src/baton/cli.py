@@ -69,6 +69,8 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--device", default="auto")
     serve.add_argument("--dtype", default="auto", choices=("auto", "float32", "float16", "bfloat16"))
     serve.add_argument("--max-queue", type=int, default=256, help="requests in flight before 429")
+    serve.add_argument("--mode", default="staged", choices=("staged", "stacked"),
+                       help="stacked: the plain diffusers pipeline behind the same API (the baseline)")
     serve.add_argument("--api-key-file", type=Path, default=None,
                        help="file of API keys, one per line (default: $BATON_API_KEYS, comma-separated; none: no auth)")
     serve.add_argument("--request-timeout", type=float, default=300.0, help="seconds before a request gets 504")
@@ -172,7 +174,7 @@ def _serve(args: argparse.Namespace) -> int:
 
     models = tuple(name.strip() for name in args.model.split(",") if name.strip())
     engine_config = config_from_args(args, resolve_device(args.device).type, models=models, device=args.device,
-                                     dtype=args.dtype, max_queue=args.max_queue)
+                                     dtype=args.dtype, max_queue=args.max_queue, mode=args.mode)
     keys = load_api_keys(args.api_key_file)
     server_config = ServerConfig(api_keys=keys, request_timeout_s=args.request_timeout,
                                  max_prompt_chars=args.max_prompt_chars, max_pixels_per_request=args.max_pixels,

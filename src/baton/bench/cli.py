@@ -68,6 +68,25 @@ def add_bench_parser(commands: argparse._SubParsersAction, size_type) -> None:
                                     "benchmarks/results/)")
     optimizations.set_defaults(handler=_optimizations)
 
+    load = benches.add_parser(
+        "load",
+        help="the HTTP server under overload: capacity, then Poisson arrivals at a multiple of it",
+        description="Start `baton serve` per mode on loopback, measure its capacity, then offer --overload times the "
+        "staged capacity for --duration seconds; report accepted (200), rejected (429) and failed requests and the "
+        "accepted requests' latency.",
+    )
+    load.add_argument("--model", default="tiny-sd15")
+    load.add_argument("--modes", type=_names, default="staged,stacked")
+    load.add_argument("--steps", type=int, default=20)
+    load.add_argument("--size", type=size_type, default=(128, 128))
+    load.add_argument("--max-queue", type=int, default=16)
+    load.add_argument("--duration", type=float, default=60.0, help="seconds of open-loop arrivals per mode")
+    load.add_argument("--overload", type=float, default=2.0, help="offered load / staged capacity")
+    load.add_argument("--capacity-clients", type=int, default=8)
+    load.add_argument("--device", default="auto")
+    load.add_argument("--out", type=Path, default=None)
+    load.set_defaults(handler=_load)
+
 
 def _serve(args: argparse.Namespace) -> int:
     from baton.bench.report import serve_markdown, write_serve_outputs
@@ -105,6 +124,26 @@ def _serve(args: argparse.Namespace) -> int:
     print(serve_markdown(report))  # plain markdown on stdout: pipe it into a file or a README
     for path in paths:
         console.print(f"wrote {path}", highlight=False)
+    return 0
+
+
+def _load(args: argparse.Namespace) -> int:
+    from baton.bench.load import LoadSettings, load_markdown, plot_load, run_load
+    from baton.bench.report import write_json
+
+    settings = LoadSettings(model=args.model, modes=tuple(args.modes), steps=args.steps, width=args.size[0],
+                            height=args.size[1], max_queue=args.max_queue, duration_s=args.duration,
+                            overload=args.overload, capacity_clients=args.capacity_clients, device=args.device)
+    console = Console()
+    report = run_load(settings, log=lambda line: console.print(line, highlight=False))
+    out = args.out or RESULTS_DIR / f"load-{args.model.replace('/', '_')}-{datetime.datetime.now():%Y%m%d-%H%M}"
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(report, out / "load.json")
+    (out / "load.md").write_text(load_markdown(report))
+    plot_load(report, out / "load.png")
+    print(load_markdown(report))
+    for name in ("load.json", "load.md", "load.png"):
+        console.print(f"wrote {out / name}", highlight=False)
     return 0
 
 
