@@ -139,8 +139,12 @@ class Engine:
                 )
             self._inflight[job.request_id] = job
         future.add_done_callback(lambda _: self._forget(job.request_id))
-        # 4. hand it to the workers
-        self._executor.enqueue(job)
+        # 4. hand it to the workers, never blocking the caller (an event loop, say): a full first queue is a full
+        # engine too (cancelled requests can linger there until the stage reaches them)
+        if not self._executor.enqueue(job):
+            error = QueueFullError("the engine's first stage queue is full (`stage_queue_size`); retry later")
+            job.fail(error)
+            raise error
         return future
 
     def generate(

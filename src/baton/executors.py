@@ -26,7 +26,9 @@ DeathHandler = Callable[[str, BaseException], None]
 class Executor(Protocol):
     def start(self) -> None: ...
 
-    def enqueue(self, job: Job) -> None: ...
+    def enqueue(self, job: Job) -> bool:
+        """Hand ``job`` to the workers without waiting; ``False`` when the first queue is full."""
+        ...
 
     def shutdown(self, timeout: float | None) -> bool:
         """Stop after the requests already enqueued; ``True`` when every worker has exited in time."""
@@ -61,8 +63,8 @@ class StagedExecutor:
         for stage in self.stages:
             stage.start()
 
-    def enqueue(self, job: Job) -> None:
-        self.stages[0].put(job)
+    def enqueue(self, job: Job) -> bool:
+        return self.stages[0].offer(job)
 
     def shutdown(self, timeout: float | None) -> bool:
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -95,9 +97,13 @@ class StackedExecutor:
     def queued(self) -> int:
         return self._inbox.qsize()
 
-    def enqueue(self, job: Job) -> None:
+    def enqueue(self, job: Job) -> bool:
         job.enter(self.name, time.perf_counter())
-        self._inbox.put(job)
+        try:
+            self._inbox.put_nowait(job)
+        except queue.Full:
+            return False
+        return True
 
     def shutdown(self, timeout: float | None) -> bool:
         self._inbox.put(SENTINEL)
@@ -125,7 +131,19 @@ class StackedExecutor:
         record.batch_images = job.request.num_images
         try:
             generator = torch.Generator("cpu").manual_seed(job.seed)
-            pixels = to_host_pixels(job.runner.run_pipeline(job.request, generator), job.request.output_format)
+
+            def on_step(done: int, total: int, latents: torch.Tensor) -> bool:
+                job.report_progress(done, total)
+                job.report_preview(done, total, latents)
+                return job.done or self._abort.is_set()  # cancelled, timed out or closing: stop stepping
+
+            pixels = job.runner.run_pipeline(job.request, generator, on_step)
+            if job.done:
+                return  # cancelled while it ran: nobody waits for it
+            if self._abort.is_set():
+                job.fail(EngineClosedError())
+                return
+            pixels = to_host_pixels(pixels, job.request.output_format)
             record.finished = Mark(time.perf_counter())
             job.enter(IMAGE_STAGE, record.finished.wall)
             encode_record = job.records[IMAGE_STAGE]

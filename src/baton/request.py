@@ -96,6 +96,9 @@ def validate_request(
            "must be a non-empty string")
     _check(request.negative_prompt is None or isinstance(request.negative_prompt, str), "negative_prompt",
            request.negative_prompt, "must be a string or None")
+    for name in ("prompt", "negative_prompt"):  # lone surrogates (from JSON "\ud800") break the tokenizer
+        text = getattr(request, name)
+        _check(text is None or _is_unicode_text(text), name, text, "must be valid Unicode text")
     # 3. sizes
     _check(_is_int(request.num_images) and 1 <= request.num_images <= limits.max_images, "num_images",
            request.num_images, f"must be an integer between 1 and {limits.max_images}")
@@ -130,6 +133,14 @@ def validate_request(
 
 def _is_int(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_unicode_text(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _check(ok: bool, name: str, value: object, allowed: str) -> None:

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import base64
 import io
+import signal
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
@@ -78,7 +80,8 @@ def test_native_generate_returns_the_seed_timings_and_same_images_for_the_same_s
         ("/v1/generate", {"prompt": ""}, 400, "prompt"),
         ("/v1/generate", {"steps": 2}, 400, "prompt"),
         ("/v1/generate", {"prompt": "x" * 51}, 400, "prompt"),
-        ("/v1/generate", {"prompt": "x", "num_images": 5, "width": 128, "height": 128}, 400, "n"),
+        ("/v1/generate", {"prompt": "x", "num_images": 5, "width": 128, "height": 128}, 400, "num_images"),
+        ("/v1/images/generations", {"prompt": "x", "n": 5, "size": "128x128"}, 400, "n"),
         ("/v1/generate", {"prompt": "x", "guidance_scale": "high"}, 400, "guidance_scale"),
         ("/v1/images/generations", {"prompt": "x", "size": "big"}, 400, "size"),
         ("/v1/images/generations", {"prompt": "x", "response_format": "gif"}, 400, "response_format"),
@@ -91,13 +94,24 @@ def test_bad_input_gets_the_openai_error_shape_naming_the_field(server, path, bo
     assert response.status_code == status, response.text
     error = response.json()["error"]
     assert set(error) == {"message", "type", "param", "code"} and error["param"] == param
-    assert param in error["message"] or param == "n"
+    assert f"`{param}`" in error["message"]
 
 
 def test_other_client_errors(server):
     assert httpx.post(f"{server}/v1/generate", content=b"{not json", timeout=10).status_code == 400
     too_big = httpx.post(f"{server}/v1/generate", json={"prompt": "x" * 5000}, timeout=10)
     assert too_big.status_code == 413 and too_big.json()["error"]["code"] == "body_too_large"
+    def chunks():  # no Content-Length: the limit must hold as the body arrives
+        yield b'{"prompt": "'
+        for _ in range(10):
+            yield b"x" * 1000
+        yield b'"}'
+
+    chunked = httpx.post(f"{server}/v1/generate", content=chunks(), headers={"Content-Type": "application/json"})
+    assert chunked.status_code == 413 and chunked.json()["error"]["code"] == "body_too_large"
+    surrogate = httpx.post(f"{server}/v1/generate", content=b'{"prompt": "a \\ud800 fox", "steps": 2}',
+                           headers={"Content-Type": "application/json"})
+    assert surrogate.status_code == 400 and surrogate.json()["error"]["param"] == "prompt"
     missing = httpx.get(f"{server}/v1/images/nothing-here.png")
     assert missing.status_code == 404 and missing.json()["error"]["type"] == "not_found_error"
     assert httpx.get(f"{server}/v1/nowhere").status_code == 404
@@ -149,6 +163,7 @@ def test_a_timeout_answers_504_and_frees_the_engine():
         response = httpx.post(f"{url}/v1/generate", json={"prompt": "slow", "steps": 200, "width": 256,
                                                           "height": 256, "timeout_s": 0.3}, timeout=60)
         assert response.status_code == 504 and response.json()["error"]["code"] == "timeout"
+        assert response.headers["x-should-retry"] == "false"  # the openai client would otherwise run it twice more
         ok = httpx.post(f"{url}/v1/generate", json={"prompt": "next", **FAST}, timeout=60)
         assert ok.status_code == 200
         assert httpx.get(f"{url}/readyz").json()["pending"] == 0
@@ -182,5 +197,47 @@ def test_a_model_that_fails_to_load_keeps_readiness_red():
                 break
             threading.Event().wait(0.05)
         assert status == "failed"
+        assert httpx.get(f"{url}/healthz").status_code == 503  # an orchestrator should restart it
         error = httpx.post(f"{url}/v1/generate", json={"prompt": "x"}).json()["error"]
         assert "failed to load" in error["message"]
+
+
+def test_a_shutdown_signal_turns_readiness_red_and_refuses_new_work_while_in_flight_work_finishes():
+    handle: dict = {}
+    with running_server(handle=handle) as url, httpx.Client(base_url=url, timeout=120) as client:
+        client.get("/readyz")  # opens the keep-alive connection the checks below reuse
+        with ThreadPoolExecutor(1) as pool:
+            in_flight = pool.submit(httpx.post, f"{url}/v1/generate", timeout=120,
+                                    json={"prompt": "finishing", "steps": 40, "width": 128, "height": 128})
+            while client.get("/readyz").json().get("pending", 0) == 0:
+                pass
+            state = handle["server"].config.app.state.baton
+            state.draining = True  # what BatonServer.handle_exit does first on SIGTERM, before uvicorn stops
+            assert client.get("/readyz").json() == {"status": "draining"}
+            refused = client.post("/v1/generate", json={"prompt": "too late", **FAST})
+            assert refused.status_code == 503 and "shutting down" in refused.json()["error"]["message"]
+            handle["server"].handle_exit(signal.SIGTERM, None)  # now the signal itself: uvicorn stops listening
+            assert in_flight.result().status_code == 200  # ... and still finishes what it had
+
+
+def test_the_stacked_baseline_streams_progress_and_drops_timed_out_work():
+    with running_server(EngineConfig(models=("tiny-sd15",), device="cpu", mode="stacked")) as url:
+        events = httpx.post(f"{url}/v1/generate", json={"prompt": "x", "stream": True, "scheduler": "euler",
+                                                        "preview_every": 2, **FAST, "steps": 4}, timeout=60).text
+        assert events.count("event: progress") == 4 and events.count("event: preview") == 1
+        assert "event: result" in events
+        slow = httpx.post(f"{url}/v1/generate", json={"prompt": "slow", "steps": 200, "width": 512, "height": 512,
+                                                      "timeout_s": 0.5}, timeout=60)
+        assert slow.status_code == 504
+        deadline = time.monotonic() + 10  # dropped between steps, not run for another ~20 s
+        while httpx.get(f"{url}/readyz").json()["pending"] != 0:
+            assert time.monotonic() < deadline, "the stacked pipeline kept running a timed-out request"
+            time.sleep(0.05)
+
+
+def test_an_empty_key_file_is_refused(tmp_path):
+    from baton.server.app import load_api_keys
+
+    (tmp_path / "keys").write_text("# nobody yet\n\n")
+    with pytest.raises(ValueError, match="holds no keys"):
+        load_api_keys(tmp_path / "keys")

@@ -107,3 +107,17 @@ def test_a_dead_worker_fails_everything_and_refuses_new_work():
         engine.submit(prompt="after death", width=64, height=64)
     engine.close(timeout=5)
     assert engine.pending == 0
+
+
+def test_a_full_first_queue_refuses_at_once_instead_of_blocking_the_caller():
+    # (a blocking submit would wait for room and never refuse: the refusals are the proof)
+    with Engine(models="tiny-sd15", device="cpu", stage_queue_size=1, max_queue=100) as engine:
+        accepted, refused = [], 0
+        for i in range(30):
+            try:
+                accepted.append(engine.submit(prompt=f"p{i}", steps=20, width=64, height=64))
+            except QueueFullError:
+                refused += 1
+        results = [future.result(120) for future in accepted]
+    assert refused > 0 and len(accepted) + refused == 30
+    assert all(result.images for result in results)  # everything accepted was served

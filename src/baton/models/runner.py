@@ -234,13 +234,29 @@ class ModelRunner(ABC):
         rgb = torch.einsum("nchw,cr->nhwr", latents.float(), factors)
         return ((rgb.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).cpu().numpy()
 
-    def run_pipeline(self, request: GenerationRequest, generator: torch.Generator) -> torch.Tensor:
-        """The plain diffusers pipeline call for one request (the stacked baseline): pixels [n, 3, H, W] in [0, 1]."""
+    def run_pipeline(
+        self,
+        request: GenerationRequest,
+        generator: torch.Generator,
+        on_step: Callable[[int, int, torch.Tensor], bool] | None = None,
+    ) -> torch.Tensor:
+        """The plain diffusers pipeline call for one request (the stacked baseline): pixels [n, 3, H, W] in [0, 1].
+
+        ``on_step(steps_done, steps_total, latents)`` runs after each step (diffusers' ``callback_on_step_end``);
+        returning ``True`` interrupts the remaining steps."""
         pipe = self._stacked_pipelines.get(request.scheduler)
         if pipe is None:
             pipe = self.pipeline_with_scheduler(request.scheduler)
             self._stacked_pipelines[request.scheduler] = pipe
         # (no `running()` here: the options it serves, model offload and attention kernels, are staged-only)
+        callback = None
+        if on_step is not None:
+
+            def callback(pipe, step: int, timestep, tensors: dict) -> dict:
+                if on_step(step + 1, pipe.num_timesteps, tensors["latents"]):
+                    pipe._interrupt = True  # diffusers skips the remaining steps (then still decodes)
+                return tensors
+
         return pipe(
             prompt=request.prompt,
             negative_prompt=request.negative_prompt,
@@ -251,6 +267,7 @@ class ModelRunner(ABC):
             guidance_scale=request.guidance_scale,
             generator=generator,
             output_type="pt",
+            callback_on_step_end=callback,
         ).images
 
     def pipeline_with_scheduler(self, scheduler: str) -> DiffusionPipeline:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import hmac
 import logging
 import os
@@ -69,7 +70,10 @@ def load_api_keys(path: Path | None) -> tuple[str, ...]:
     """Keys from a file (one per line, ``#`` comments) or, without one, from ``$BATON_API_KEYS``."""
     if path is not None:
         lines = path.read_text().splitlines()
-        return tuple(line.strip() for line in lines if line.strip() and not line.strip().startswith("#"))
+        keys = tuple(line.strip() for line in lines if line.strip() and not line.strip().startswith("#"))
+        if not keys:  # an empty file must not quietly mean "no auth"
+            raise ValueError(f"`--api-key-file` {str(path)!r} holds no keys")
+        return keys
     return tuple(key.strip() for key in os.environ.get(API_KEYS_ENV, "").split(",") if key.strip())
 
 
@@ -87,8 +91,8 @@ class ServerState:
 
     def ready_engine(self) -> Engine:
         if self.engine is None or self.draining or self.engine.closed:
-            reason = "shutting down" if self.draining else (
-                f"failed to load: {self.load_error}" if self.load_error else "loading models")
+            reason = ("shutting down" if self.draining else f"failed to load: {self.load_error}" if self.load_error
+                      else "the engine stopped" if self.engine is not None else "loading models")
             raise ApiError(503, f"the server is not ready ({reason})", type_="server_error", code="not_ready",
                            headers={"Retry-After": "5"})
         return self.engine
@@ -127,16 +131,19 @@ def create_app(engine_config: EngineConfig, config: ServerConfig | None = None,
         """The web playground: one static page (no data in it, so no auth; its API calls carry the key)."""
         return FileResponse(STATIC_DIR / "index.html", media_type="text/html")
 
-    @app.get("/healthz", tags=["health"])
-    def healthz() -> dict:
-        """Alive: the process answers (whatever the engine's state)."""
-        return {"status": "ok"}
+    @app.get("/healthz", tags=["health"], responses={503: {"description": "the engine failed to load or died"}})
+    def healthz() -> Response:
+        """Alive: 200 while loading and serving; 503 once the engine failed to load or died (restart me)."""
+        if state.load_error is not None or (state.engine is not None and state.engine.dead):
+            return JSONResponse({"status": "failed" if state.load_error else "dead"}, status_code=503)
+        return JSONResponse({"status": "ok"})
 
-    @app.get("/readyz", tags=["health"], responses={503: {"description": "loading, failed or shutting down"}})
+    @app.get("/readyz", tags=["health"], responses={503: {"description": "loading, failed, dead or draining"}})
     def readyz() -> Response:
         """Ready: the models are loaded and warmed, and the server is not shutting down."""
         if state.engine is None or state.draining or state.engine.dead:
-            status = "draining" if state.draining else ("failed" if state.load_error else "loading")
+            status = ("draining" if state.draining else "failed" if state.load_error else
+                      "dead" if state.engine is not None else "loading")
             return JSONResponse({"status": status}, status_code=503)
         return JSONResponse({"status": "ready", "pending": state.engine.pending})
 
@@ -166,22 +173,46 @@ class _BodyLimitAndCount:
             await self.app(scope, receive, send)
             return
         status = {"code": 500}
+        limit = self.state.config.max_body_bytes
+        length = dict(scope["headers"]).get(b"content-length", b"")
+        too_large = {"size": int(length)} if length.isdigit() and int(length) > limit else None
+        received = 0
 
         async def counting_send(message) -> None:
             if message["type"] == "http.response.start":
                 status["code"] = message["status"]
             await send(message)
 
-        limit = self.state.config.max_body_bytes
-        length = dict(scope["headers"]).get(b"content-length", b"")
-        if length.isdigit() and int(length) > limit:
-            response = error_response(ApiError(413, f"the request body has {int(length)} bytes; the limit is "
-                                                    f"{limit}", code="body_too_large"))
-            await response(scope, receive, counting_send)
-        else:
-            await self.app(scope, receive, counting_send)
-        endpoint = getattr(scope.get("route"), "path", "unmatched")  # the router records the matched route here
-        self.state.metrics.requests.labels(endpoint, str(status["code"])).inc()
+        async def limited_receive():
+            # the body as it arrives: a chunked upload has no Content-Length to check up front; past the limit
+            # the app is told the client left, and whatever it answers is dropped for the 413 below
+            nonlocal received, too_large
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > limit:
+                    too_large = {"size": received}
+                    return {"type": "http.disconnect"}
+            return message
+
+        async def app_send(message) -> None:
+            if too_large is None:
+                await counting_send(message)
+
+        try:
+            if too_large is None:
+                try:
+                    await self.app(scope, limited_receive, app_send)
+                except Exception:
+                    if too_large is None:
+                        raise
+            if too_large is not None:
+                response = error_response(ApiError(413, f"the request body has {too_large['size']} bytes or more; "
+                                                        f"the limit is {limit}", code="body_too_large"))
+                await response(scope, receive, counting_send)
+        finally:
+            endpoint = getattr(scope.get("route"), "path", "unmatched")  # the router records the matched route
+            self.state.metrics.requests.labels(endpoint, str(status["code"])).inc()
 
 
 def require_api_key(request: Request) -> None:
@@ -191,10 +222,12 @@ def require_api_key(request: Request) -> None:
         return
     header = request.headers.get("authorization", "")
     scheme, _, token = header.partition(" ")
-    given = token.strip().encode() if scheme.lower() == "bearer" else b""
+    # headers arrive as latin-1 text: back to their bytes, to compare with the keys' UTF-8 bytes
+    given = token.strip().encode("latin-1", "replace") if scheme.lower() == "bearer" else b""
+    given_digest = hashlib.sha256(given).digest()
     matched = False
-    for key in keys:  # no early exit: the time taken does not tell which key, or how much of it, matched
-        matched |= hmac.compare_digest(given, key.encode())
+    for key in keys:  # digests of equal length, no early exit: the time taken tells neither the key nor its length
+        matched |= hmac.compare_digest(given_digest, hashlib.sha256(key.encode("utf-8")).digest())
     if not matched:
         raise ApiError(401, "missing or invalid API key: send `Authorization: Bearer <key>`",
                        type_="authentication_error", code="invalid_api_key")

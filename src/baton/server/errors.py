@@ -55,6 +55,10 @@ def install_error_handlers(app: FastAPI) -> None:
                 message += f", got {first['input']!r}"
         return error_response(ApiError(400, message, param=field, code=first.get("type")))
 
+    @app.exception_handler(Exception)
+    async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
+        return error_response(from_engine_error(exc))  # a bug of ours: still the documented shape
+
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
         kind = "not_found_error" if exc.status_code == 404 else "invalid_request_error"
@@ -70,11 +74,13 @@ def from_engine_error(exc: BaseException) -> ApiError:
     if isinstance(exc, QueueFullError):
         return ApiError(429, f"{exc}", type_="rate_limit_error", code="queue_full",
                         headers={"Retry-After": str(RETRY_AFTER_S)})
+    # the openai client retries any 5xx twice unless told not to: a timed-out or failed generation would run 3x
+    no_retry = {"x-should-retry": "false"}
     if isinstance(exc, TimeoutError):
         return ApiError(504, "the request did not finish within its timeout; its remaining work was dropped",
-                        type_="timeout_error", code="timeout")
+                        type_="timeout_error", code="timeout", headers=no_retry)
     if isinstance(exc, (EngineClosedError, EngineDeadError)):
-        return ApiError(503, str(exc), type_="server_error", code="unavailable")
+        return ApiError(503, str(exc), type_="server_error", code="unavailable", headers={"Retry-After": "5"})
     if isinstance(exc, StageError):
-        return ApiError(500, str(exc), type_="server_error", code="stage_failed")
-    return ApiError(500, f"{type(exc).__name__}: {exc}", type_="server_error", code="internal")
+        return ApiError(500, str(exc), type_="server_error", code="stage_failed", headers=no_retry)
+    return ApiError(500, f"{type(exc).__name__}: {exc}", type_="server_error", code="internal", headers=no_retry)

@@ -25,29 +25,37 @@ def server_state(request: Request) -> ServerState:
     return request.app.state.baton
 
 
-def admit(state: ServerState, request: GenerationRequest, **callbacks) -> tuple[GenerationRequest, Future]:
-    """Check and submit ``request`` (400/404 for bad input, 429 when full, 503 when not serving)."""
+def admit(state: ServerState, request: GenerationRequest, count_field: str = "num_images",
+          **callbacks) -> tuple[GenerationRequest, Future]:
+    """Check and submit ``request`` (400/404 for bad input, 429 when full, 503 when not serving).
+    ``count_field`` is what the endpoint calls the image count, for errors."""
     engine = state.ready_engine()
     try:
         request = engine.resolve(request)  # the engine's own checks, naming the field
     except InvalidRequestError as exc:
         raise from_engine_error(exc) from None
-    _check_http_limits(state, request)
+    _check_http_limits(state, request, count_field)
     try:
         return request, engine.submit(request, **callbacks)
     except BatonError as exc:  # a full queue, a closed or dead engine
         raise from_engine_error(exc) from None
 
 
+def timeout_for(state: ServerState, asked_s: float | None) -> float:
+    """The request's own timeout, never longer than the server's."""
+    limit = state.config.request_timeout_s
+    return limit if asked_s is None else min(asked_s, limit)
+
+
 async def generate(state: ServerState, http_request: Request, request: GenerationRequest,
-                   timeout_s: float | None, endpoint: str) -> GenerationResult:
+                   timeout_s: float | None, endpoint: str, count_field: str = "num_images") -> GenerationResult:
     """Admit and await ``request``. A timeout answers 504; a client that leaves gets nothing (499 in the logs)."""
     started = time.perf_counter()
-    _, future = admit(state, request)
+    _, future = admit(state, request, count_field)
     waiting = asyncio.wrap_future(future)
     gone = asyncio.create_task(_client_gone(http_request))
     try:
-        done, _ = await asyncio.wait({waiting, gone}, timeout=timeout_s or state.config.request_timeout_s,
+        done, _ = await asyncio.wait({waiting, gone}, timeout=timeout_for(state, timeout_s),
                                      return_when=asyncio.FIRST_COMPLETED)
     except asyncio.CancelledError:  # the server cancelled this handler: the client left, or shutdown
         future.cancel()
@@ -55,15 +63,15 @@ async def generate(state: ServerState, http_request: Request, request: Generatio
         raise
     finally:
         gone.cancel()
-    if waiting not in done:
-        future.cancel()  # the engine drops the remaining work at its next step boundary
+    # cancel() makes the engine drop the remaining work at its next step; it fails when the result came just now
+    if waiting not in done and future.cancel():
         reason = "client_disconnected" if gone in done else "timeout"
         state.metrics.cancelled.labels(reason).inc()
         if reason == "timeout":
             raise from_engine_error(TimeoutError())
         raise ApiError(499, "the client closed the connection", code="client_closed_request")
     try:
-        result = waiting.result()
+        result = future.result()
     except Exception as exc:
         raise from_engine_error(exc) from None
     state.metrics.observe_result(result)
@@ -101,7 +109,7 @@ def parse_size(size: str | None, field: str = "size") -> tuple[int | None, int |
                    code="invalid_value")
 
 
-def _check_http_limits(state: ServerState, request: GenerationRequest) -> None:
+def _check_http_limits(state: ServerState, request: GenerationRequest, count_field: str) -> None:
     config = state.config
     for field in ("prompt", "negative_prompt"):
         text = getattr(request, field)
@@ -110,6 +118,6 @@ def _check_http_limits(state: ServerState, request: GenerationRequest) -> None:
                            param=field, code="invalid_value")
     pixels = request.num_images * request.width * request.height
     if pixels > config.max_pixels_per_request:
-        raise ApiError(400, f"`n` x `size` asks for {pixels} pixels ({request.num_images} x {request.width}x"
-                            f"{request.height}); the limit per request is {config.max_pixels_per_request}",
-                       param="n", code="invalid_value")
+        raise ApiError(400, f"`{count_field}` x the size asks for {pixels} pixels ({request.num_images} x "
+                            f"{request.width}x{request.height}); the limit per request is "
+                            f"{config.max_pixels_per_request}", param=count_field, code="invalid_value")

@@ -70,16 +70,21 @@ class ThroughputWindow:
         self._started = time.monotonic()
 
     def add(self, count: int) -> None:
+        now = time.monotonic()
         with self._lock:
-            self._events.append((time.monotonic(), count))
+            self._events.append((now, count))
+            self._trim(now)  # bounded even if nobody ever asks for the rate
 
     def rate(self) -> float:
         now = time.monotonic()
         with self._lock:
-            while self._events and self._events[0][0] < now - self.window_s:
-                self._events.popleft()
+            self._trim(now)
             total = sum(count for _, count in self._events)
         return total / min(self.window_s, max(now - self._started, 1e-3))
+
+    def _trim(self, now: float) -> None:
+        while self._events and self._events[0][0] < now - self.window_s:
+            self._events.popleft()
 
 
 class _EngineCollector(Collector):

@@ -22,7 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from baton.request import GenerationRequest, GenerationResult
 from baton.server.app import ServerState
 from baton.server.errors import from_engine_error
-from baton.server.generation import admit, generate, image_entries, server_state
+from baton.server.generation import admit, generate, image_entries, server_state, timeout_for
 
 router = APIRouter(tags=["native"])
 
@@ -111,41 +111,53 @@ def _stream(state: ServerState, http_request: Request, body: GenerateRequest,
     future.add_done_callback(lambda _: push("done", 0, 0, None))
 
     async def stream() -> AsyncIterator[str]:
-        deadline = loop.time() + (body.timeout_s or state.config.request_timeout_s)
-        settled = False
-        try:
-            while True:
-                try:
-                    kind, done, total, rgb = await asyncio.wait_for(events.get(), max(0.0, deadline - loop.time()))
-                except TimeoutError:
-                    future.cancel()
+        deadline = loop.time() + timeout_for(state, body.timeout_s)
+        while True:
+            try:
+                kind, done, total, rgb = await asyncio.wait_for(events.get(), max(0.0, deadline - loop.time()))
+            except TimeoutError:
+                if future.cancel():
                     state.metrics.cancelled.labels("timeout").inc()
-                    settled = True
                     yield _event("error", _error_body(from_engine_error(TimeoutError())))
                     return
-                if kind == "progress":
-                    yield _event("progress", {"step": done, "steps": total})
-                elif kind == "preview":
-                    images = await asyncio.to_thread(_preview_pngs, rgb)
-                    yield _event("preview", {"step": done, "steps": total, "images": images})
-                else:
-                    settled = True
-                    try:
-                        result = future.result()
-                    except Exception as exc:
-                        yield _event("error", _error_body(from_engine_error(exc)))
-                        return
-                    state.metrics.observe_result(result)
-                    state.metrics.latency.labels("/v1/generate").observe(time.perf_counter() - started)
-                    yield _event("result", _answer(state, http_request, body, result, started))
+                continue  # it finished just now: its "done" event is queued
+            if kind == "progress":
+                yield _event("progress", {"step": done, "steps": total})
+            elif kind == "preview":
+                images = await asyncio.to_thread(_preview_pngs, rgb)
+                yield _event("preview", {"step": done, "steps": total, "images": images})
+            else:
+                try:
+                    result = future.result()
+                except Exception as exc:
+                    yield _event("error", _error_body(from_engine_error(exc)))
                     return
-        finally:
-            if not settled:  # the client went away mid-stream: free the denoiser at the next step
-                future.cancel()
-                state.metrics.cancelled.labels("client_disconnected").inc()
+                state.metrics.observe_result(result)
+                state.metrics.latency.labels("/v1/generate").observe(time.perf_counter() - started)
+                yield _event("result", _answer(state, http_request, body, result, started))
+                return
 
-    return StreamingResponse(stream(), media_type="text/event-stream",
-                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+    def client_gone() -> None:
+        if future.cancel():  # not settled yet: the client left; free the denoiser at the next step
+            state.metrics.cancelled.labels("client_disconnected").inc()
+
+    return _EventStream(stream(), on_close=client_gone)
+
+
+class _EventStream(StreamingResponse):
+    """An SSE response that calls ``on_close`` however it ends, even when cancelled before its first event (the
+    generator's own ``finally`` would never run then)."""
+
+    def __init__(self, content: AsyncIterator[str], on_close) -> None:
+        super().__init__(content, media_type="text/event-stream",
+                         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+        self._on_close = on_close
+
+    async def __call__(self, scope, receive, send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self._on_close()
 
 
 def _event(kind: str, data: dict) -> str:

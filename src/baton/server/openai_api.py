@@ -68,7 +68,8 @@ async def create_images(body: ImageGenerationRequest, http_request: Request) -> 
     steps = min(state.config.openai_steps, state.ready_engine().config.limits.max_steps)
     request = GenerationRequest(prompt=body.prompt, model=body.model, num_images=body.n, width=width, height=height,
                                 steps=steps, output_format=body.output_format)
-    result = await generate(state, http_request, request, timeout_s=None, endpoint="/v1/images/generations")
+    result = await generate(state, http_request, request, timeout_s=None, endpoint="/v1/images/generations",
+                            count_field="n")
     first = result.images[0] if result.images else None
     return {
         "created": int(time.time()),

@@ -9,8 +9,9 @@ from fastapi import FastAPI
 class BatonServer(uvicorn.Server):
     """uvicorn's server, telling the app it is draining as soon as a shutdown signal comes.
 
-    uvicorn then stops accepting connections and waits for the requests in flight; from the signal on, ``/readyz``
-    answers 503 and new requests on open connections get 503, and the engine finishes what it admitted."""
+    uvicorn then stops accepting connections (and closes idle keep-alive ones) and waits for the requests in
+    flight. Anything that still reaches the app from the signal on (``/readyz``, a new request on a busy
+    connection) gets 503, and the engine finishes what it admitted."""
 
     def handle_exit(self, sig: int, frame) -> None:
         self.config.app.state.baton.draining = True

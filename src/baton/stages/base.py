@@ -101,6 +101,15 @@ class Stage(ABC):
                 if not self._thread.is_alive():
                     raise EngineClosedError(f"stage `{self.name}` is not running") from None
 
+    def offer(self, job: Job) -> bool:
+        """Enqueue ``job`` if there is room now; ``False`` when the queue is full (the caller never waits)."""
+        job.enter(self.name, time.perf_counter())
+        try:
+            self.inbox.put_nowait(job)
+        except queue.Full:
+            return False
+        return True
+
     def hand_on(self, job: Job) -> None:
         """This stage is done with ``job``: close its record and pass it to the next stage."""
         self.close_record(job)
