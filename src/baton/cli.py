@@ -75,6 +75,7 @@ def _parser() -> argparse.ArgumentParser:
                        help="file of API keys, one per line (default: $BATON_API_KEYS, comma-separated; none: no auth)")
     serve.add_argument("--request-timeout", type=float, default=300.0, help="seconds before a request gets 504")
     serve.add_argument("--max-prompt-chars", type=int, default=2000)
+    serve.add_argument("--max-body-bytes", type=int, default=1 << 20, help="largest request body (413 beyond)")
     serve.add_argument("--openai-steps", type=int, default=30,
                        help="denoising steps of /v1/images/generations requests (OpenAI's API has no such field)")
     serve.add_argument("--max-pixels", type=int, default=16 * 1024 * 1024, help="most images x width x height per "
@@ -178,7 +179,7 @@ def _serve(args: argparse.Namespace) -> int:
     keys = load_api_keys(args.api_key_file)
     server_config = ServerConfig(api_keys=keys, request_timeout_s=args.request_timeout,
                                  max_prompt_chars=args.max_prompt_chars, max_pixels_per_request=args.max_pixels,
-                                 openai_steps=args.openai_steps)
+                                 openai_steps=args.openai_steps, max_body_bytes=args.max_body_bytes)
     logging.getLogger("baton.server").setLevel(logging.INFO)
     console.print(f"baton serving {', '.join(models)} at [bold]http://{args.host}:{args.port}[/] "
                   f"({'API keys required' if keys else 'no auth'}); /readyz turns 200 once the models are loaded",
