@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import math
 import multiprocessing
 import resource
 import tempfile
@@ -26,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from baton.bench.image_metrics import psnr_db
 from baton.bench.machine import describe_machine
 from baton.config import CompileConfig, EngineConfig, OptimizationConfig, PromptCacheConfig
 from baton.optim.presets import LOSSLESS_PRESETS, PRESETS, preset_config
@@ -159,12 +159,9 @@ def run_optimizations(settings: OptimizationSettings, log=logger.info) -> dict:
 
 def image_distance(reference: np.ndarray, pixels: np.ndarray) -> dict[str, float | None]:
     """PSNR (dB, peak 1.0; ``None`` when identical) and max abs difference of pixels in [0, 1]."""
-    difference = reference.astype(np.float64) - pixels.astype(np.float64)
-    mse = float(np.mean(difference**2))
-    return {
-        "psnr_db": None if mse == 0 else round(10 * math.log10(1.0 / mse), 2),
-        "max_abs_diff": round(float(np.abs(difference).max()), 6),
-    }
+    psnr = psnr_db(reference, pixels)
+    difference = np.abs(reference.astype(np.float64) - pixels.astype(np.float64))
+    return {"psnr_db": None if psnr is None else round(psnr, 2), "max_abs_diff": round(float(difference.max()), 6)}
 
 
 def add_speedups(results: list[dict]) -> None:
