@@ -105,7 +105,7 @@ class Engine:
         requests raise :class:`~baton.InvalidRequestError` here, before any work; a full engine raises
         :class:`~baton.QueueFullError`. Cancelling the future drops the request's remaining work at the next step.
         ``progress(steps_done, steps_total)`` and, every ``preview_every`` steps, ``preview(steps_done,
-        steps_total, rgb)`` are called from the denoiser's thread (staged mode); they must be quick.
+        steps_total, rgb)`` are called from the denoising thread (in both modes); they must be quick.
         """
         if preview is not None and preview_every < 1:
             raise ValueError(f"`preview_every` must be >= 1 when a preview callback is given, got {preview_every!r}")

@@ -14,6 +14,7 @@ import torch
 from baton.config import EngineConfig, StageConfig
 from baton.device import Mark, set_thread_cpu_threads
 from baton.errors import EngineClosedError, StageError
+from baton.models.runner import PipelineInterrupted
 from baton.stages import SENTINEL, DenoiseStage, ImageEncodeStage, Job, Stage, TextEncodeStage, VaeDecodeStage
 from baton.stages.image_encode import STAGE_NAME as IMAGE_STAGE
 from baton.stages.image_encode import build_result, complete, to_host_pixels
@@ -137,11 +138,10 @@ class StackedExecutor:
                 job.report_preview(done, total, latents)
                 return job.done or self._abort.is_set()  # cancelled, timed out or closing: stop stepping
 
-            pixels = job.runner.run_pipeline(job.request, generator, on_step)
-            if job.done:
-                return  # cancelled while it ran: nobody waits for it
-            if self._abort.is_set():
-                job.fail(EngineClosedError())
+            try:
+                pixels = job.runner.run_pipeline(job.request, generator, on_step)
+            except PipelineInterrupted:  # cancelled, timed out, or the engine is closing without draining
+                job.fail(EngineClosedError())  # a no-op when the caller already cancelled it
                 return
             pixels = to_host_pixels(pixels, job.request.output_format)
             record.finished = Mark(time.perf_counter())

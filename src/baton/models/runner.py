@@ -28,6 +28,10 @@ from baton.models.invariance import RequestSegments, batch_variant_layers
 from baton.models.schedulers import SchedulerFactory
 from baton.request import GenerationRequest
 
+class PipelineInterrupted(Exception):
+    """Raised from a stacked pipeline's step callback to stop a request nobody waits for any more."""
+
+
 if TYPE_CHECKING:  # the optimizations import this module; the runner only holds what they build
     from baton.optim.memory import ModelOffload
     from baton.optim.prompt_cache import PromptCache
@@ -115,6 +119,7 @@ class ModelRunner(ABC):
         self.optimizations: list[str] = []
         """What was applied, one line each, for logs and ``describe()``."""
         self.warmup_s: float | None = None
+        self._preview_factors: dict[torch.device, torch.Tensor] = {}
 
     def remove_batch_invariance(self) -> None:
         """Drop the per-request layers for good (compiled and graphed denoisers need one fixed graph)."""
@@ -229,9 +234,9 @@ class ModelRunner(ABC):
         return (image / 2 + 0.5).clamp(0, 1)
 
     def preview_rgb(self, latents: torch.Tensor) -> np.ndarray:
-        """Latents [n, C, h, w] → a rough uint8 image [n, h, w, 3] by a linear map (no VAE: microseconds)."""
-        factors = torch.tensor(self.latent_rgb_factors, dtype=torch.float32, device=latents.device)  # [C, 3]
-        rgb = torch.einsum("nchw,cr->nhwr", latents.float(), factors)
+        """Latents [n, C, h, w] → a rough uint8 image [n, h, w, 3] by a linear map (no VAE). On CUDA the copy to
+        the host waits for the denoiser's stream: a preview costs one synchronization, so ask for few."""
+        rgb = torch.einsum("nchw,cr->nhwr", latents.float(), self._factors(latents.device))
         return ((rgb.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).cpu().numpy()
 
     def run_pipeline(
@@ -254,7 +259,8 @@ class ModelRunner(ABC):
 
             def callback(pipe, step: int, timestep, tensors: dict) -> dict:
                 if on_step(step + 1, pipe.num_timesteps, tensors["latents"]):
-                    pipe._interrupt = True  # diffusers skips the remaining steps (then still decodes)
+                    # not diffusers' `_interrupt`, which skips the steps but still decodes for nobody
+                    raise PipelineInterrupted
                 return tensors
 
         return pipe(
@@ -269,6 +275,13 @@ class ModelRunner(ABC):
             output_type="pt",
             callback_on_step_end=callback,
         ).images
+
+    def _factors(self, device: torch.device) -> torch.Tensor:
+        factors = self._preview_factors.get(device)
+        if factors is None:
+            factors = torch.tensor(self.latent_rgb_factors, dtype=torch.float32, device=device)  # [C, 3]
+            self._preview_factors[device] = factors
+        return factors
 
     def pipeline_with_scheduler(self, scheduler: str) -> DiffusionPipeline:
         """A plain diffusers pipeline sharing this runner's modules, with its own ``scheduler`` copy."""

@@ -208,10 +208,12 @@ class _BodyLimitAndCount:
                         raise
             if too_large is not None:
                 response = error_response(ApiError(413, f"the request body has {too_large['size']} bytes or more; "
-                                                        f"the limit is {limit}", code="body_too_large"))
+                                                        f"the limit is {limit}", code="body_too_large",
+                                                   headers={"Connection": "close"}))  # don't read the rest
                 await response(scope, receive, counting_send)
         finally:
-            endpoint = getattr(scope.get("route"), "path", "unmatched")  # the router records the matched route
+            # the router records the matched route; a refused body is counted alike whether it was seen early or late
+            endpoint = "unmatched" if too_large is not None else getattr(scope.get("route"), "path", "unmatched")
             self.state.metrics.requests.labels(endpoint, str(status["code"])).inc()
 
 

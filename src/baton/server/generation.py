@@ -58,8 +58,8 @@ async def generate(state: ServerState, http_request: Request, request: Generatio
         done, _ = await asyncio.wait({waiting, gone}, timeout=timeout_for(state, timeout_s),
                                      return_when=asyncio.FIRST_COMPLETED)
     except asyncio.CancelledError:  # the server cancelled this handler: the client left, or shutdown
-        future.cancel()
-        state.metrics.cancelled.labels("client_disconnected").inc()
+        if future.cancel():
+            state.metrics.cancelled.labels("client_disconnected").inc()
         raise
     finally:
         gone.cancel()

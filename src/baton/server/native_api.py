@@ -8,6 +8,7 @@ import asyncio
 import base64
 import io
 import json
+import math
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -120,7 +121,10 @@ def _stream(state: ServerState, http_request: Request, body: GenerateRequest,
                     state.metrics.cancelled.labels("timeout").inc()
                     yield _event("error", _error_body(from_engine_error(TimeoutError())))
                     return
-                continue  # it finished just now: its "done" event is queued
+                # it finished just now and its "done" event is on its way: wait for it without a deadline (a zero
+                # timeout would cancel every get() before it ran, and spin)
+                deadline = math.inf
+                continue
             if kind == "progress":
                 yield _event("progress", {"step": done, "steps": total})
             elif kind == "preview":
