@@ -83,6 +83,16 @@ def _parser() -> argparse.ArgumentParser:
     add_optimization_args(serve)
     serve.set_defaults(handler=_serve)
 
+    train = commands.add_parser("train-shapes", help="train the small shapes model from scratch (CPU or GPU)")
+    train.add_argument("--out", type=Path, required=True, help="folder to save the pipeline to")
+    train.add_argument("--vae-minutes", type=float, default=5.0)
+    train.add_argument("--unet-minutes", type=float, default=30.0)
+    train.add_argument("--batch", type=int, default=32)
+    train.add_argument("--scenes", type=int, default=20_000, help="training scenes encoded to latents")
+    train.add_argument("--eval-prompts", type=int, default=64, help="held-out captions scored at the end")
+    train.add_argument("--seed", type=int, default=0)
+    train.set_defaults(handler=_train_shapes)
+
     models = commands.add_parser("models", help="list the built-in models with their parameter counts")
     models.set_defaults(handler=_models)
 
@@ -185,6 +195,16 @@ def _serve(args: argparse.Namespace) -> int:
                   f"({'API keys required' if keys else 'no auth'}); /readyz turns 200 once the models are loaded",
                   highlight=False)
     serve(create_app(engine_config, server_config), args.host, args.port)
+    return 0
+
+
+def _train_shapes(args: argparse.Namespace) -> int:
+    from baton.shapes.train import train_shapes
+
+    record = train_shapes(args.out, vae_minutes=args.vae_minutes, unet_minutes=args.unet_minutes, batch=args.batch,
+                          latent_scenes=args.scenes, seed=args.seed, eval_prompts=args.eval_prompts,
+                          log=lambda line: console.print(line, highlight=False))
+    console.print(f"held-out accuracy {record['eval']}; saved to {args.out}", highlight=False)
     return 0
 
 

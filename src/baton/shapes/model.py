@@ -64,7 +64,7 @@ def build_pipeline(seed: int = 0) -> StableDiffusionPipeline:
         layers_per_block=1, norm_num_groups=16, sample_size=64, scaling_factor=1.0,
     )
     unet = UNet2DConditionModel(
-        sample_size=16, in_channels=4, out_channels=4, layers_per_block=2, block_out_channels=(48, 96, 96),
+        sample_size=16, in_channels=4, out_channels=4, layers_per_block=1, block_out_channels=(48, 96, 96),
         down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
         up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
         cross_attention_dim=TEXT_WIDTH, attention_head_dim=8, norm_num_groups=16,

@@ -25,7 +25,8 @@ from baton.shapes.scenes import caption, render, sample_scenes
 logger = logging.getLogger(__name__)
 
 
-def train_shapes(out_dir: Path, vae_minutes: float = 6.0, unet_minutes: float = 30.0, batch: int = 64,
+def train_shapes(out_dir: Path, vae_minutes: float = 6.0, unet_minutes: float = 30.0, batch: int = 32,
+                 vae_batch: int = 16,
                  latent_scenes: int = 20_000, seed: int = 0, eval_prompts: int = 64,
                  log: Callable[[str], None] = logger.info) -> dict:
     """Train, evaluate and save; returns the training record (also written to ``out_dir/training.json``)."""
@@ -39,7 +40,7 @@ def train_shapes(out_dir: Path, vae_minutes: float = 6.0, unet_minutes: float = 
     optimizer = torch.optim.AdamW(vae.parameters(), lr=1e-3)
     step, stop_at, scene_seed = 0, time.perf_counter() + 60 * vae_minutes, 10_000
     while time.perf_counter() < stop_at:
-        images = _images(sample_scenes(batch, scene_seed + step))
+        images = _images(sample_scenes(vae_batch, scene_seed + step))
         posterior = vae.encode(images).latent_dist
         reconstruction = vae.decode(posterior.sample()).sample
         loss = torch.nn.functional.mse_loss(reconstruction, images) + 1e-6 * posterior.kl().mean()
