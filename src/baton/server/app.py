@@ -10,9 +10,8 @@ import hashlib
 import hmac
 import logging
 import os
-import threading
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from fastapi import Depends, FastAPI, Request
@@ -87,7 +86,6 @@ class ServerState:
     engine: Engine | None = None
     load_error: BaseException | None = None
     draining: bool = False
-    loaded: threading.Event = field(default_factory=threading.Event)
 
     def ready_engine(self) -> Engine:
         if self.engine is None or self.draining or self.engine.closed:
@@ -242,8 +240,6 @@ def _load(state: ServerState, engine_config: EngineConfig, factory: Callable[[En
     except BaseException as exc:
         state.load_error = exc
         logger.exception("the engine failed to load")
-    finally:
-        state.loaded.set()
 
 
 def _version() -> str:

@@ -26,7 +26,7 @@ def server_state(request: Request) -> ServerState:
 
 
 def admit(state: ServerState, request: GenerationRequest, count_field: str = "num_images",
-          **callbacks) -> tuple[GenerationRequest, Future]:
+          **callbacks) -> Future:
     """Check and submit ``request`` (400/404 for bad input, 429 when full, 503 when not serving).
     ``count_field`` is what the endpoint calls the image count, for errors."""
     engine = state.ready_engine()
@@ -36,7 +36,7 @@ def admit(state: ServerState, request: GenerationRequest, count_field: str = "nu
         raise from_engine_error(exc) from None
     _check_http_limits(state, request, count_field)
     try:
-        return request, engine.submit(request, **callbacks)
+        return engine.submit(request, **callbacks)
     except BatonError as exc:  # a full queue, a closed or dead engine
         raise from_engine_error(exc) from None
 
@@ -51,7 +51,7 @@ async def generate(state: ServerState, http_request: Request, request: Generatio
                    timeout_s: float | None, endpoint: str, count_field: str = "num_images") -> GenerationResult:
     """Admit and await ``request``. A timeout answers 504; a client that leaves gets nothing (499 in the logs)."""
     started = time.perf_counter()
-    _, future = admit(state, request, count_field)
+    future = admit(state, request, count_field)
     waiting = asyncio.wrap_future(future)
     gone = asyncio.create_task(_client_gone(http_request))
     try:

@@ -108,7 +108,7 @@ def _stream(state: ServerState, http_request: Request, body: GenerateRequest,
         callbacks.update(preview=lambda done, total, rgb: push("preview", done, total, rgb),
                          preview_every=body.preview_every)
     started = time.perf_counter()
-    _, future = admit(state, request, **callbacks)  # bad input and a full queue still answer plain JSON errors
+    future = admit(state, request, **callbacks)  # bad input and a full queue still answer plain JSON errors
     future.add_done_callback(lambda _: push("done", 0, 0, None))
 
     async def stream() -> AsyncIterator[str]:
