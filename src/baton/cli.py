@@ -1,4 +1,4 @@
-"""The ``baton`` command line: ``generate``, ``models``, ``info``, ``bench``."""
+"""The ``baton`` command line: ``generate``, ``serve``, ``demo``, ``train-shapes``, ``models``, ``info``, ``bench``."""
 
 from __future__ import annotations
 
@@ -43,7 +43,7 @@ def _parser() -> argparse.ArgumentParser:
 
     generate = commands.add_parser("generate", help="generate images from a prompt and write them to a folder")
     generate.add_argument("prompt")
-    generate.add_argument("--model", default="tiny-sd15", help="built-in name (see `baton models`), folder or hub id")
+    generate.add_argument("--model", default="shapes", help="built-in name (see `baton models`), folder or hub id")
     generate.add_argument("--negative-prompt", default=None)
     generate.add_argument("-n", "--num-images", type=int, default=1)
     generate.add_argument("--steps", type=int, default=30)
@@ -62,7 +62,7 @@ def _parser() -> argparse.ArgumentParser:
     generate.set_defaults(handler=_generate)
 
     serve = commands.add_parser("serve", help="serve the OpenAI-compatible images API and the native API over HTTP")
-    serve.add_argument("--model", default="tiny-sd15", help="model(s) to load, comma-separated; the first is the "
+    serve.add_argument("--model", default="shapes", help="model(s) to load, comma-separated; the first is the "
                                                             "default")
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8000)
@@ -83,10 +83,20 @@ def _parser() -> argparse.ArgumentParser:
     add_optimization_args(serve)
     serve.set_defaults(handler=_serve)
 
+    demo = commands.add_parser("demo", help="draw a grid of shapes prompts through the staged engine into one PNG")
+    demo.add_argument("--model", default="shapes", help="a model trained on shapes captions (default: the built-in)")
+    demo.add_argument("--steps", type=int, default=None, help="denoising steps (default: the engine's)")
+    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--out", type=Path, default=Path("outputs/demo"))
+    demo.add_argument("--device", default="auto")
+    demo.add_argument("--dtype", default="auto", choices=("auto", "float32", "float16", "bfloat16"))
+    add_optimization_args(demo)
+    demo.set_defaults(handler=_demo)
+
     train = commands.add_parser("train-shapes", help="train the small shapes model from scratch (CPU or GPU)")
     train.add_argument("--out", type=Path, required=True, help="folder to save the pipeline to")
-    train.add_argument("--vae-minutes", type=float, default=5.0)
-    train.add_argument("--unet-minutes", type=float, default=30.0)
+    train.add_argument("--vae-minutes", type=float, default=7.0)
+    train.add_argument("--unet-minutes", type=float, default=33.0)
     train.add_argument("--batch", type=int, default=32)
     train.add_argument("--scenes", type=int, default=20_000, help="training scenes encoded to latents")
     train.add_argument("--eval-prompts", type=int, default=64, help="held-out captions scored at the end")
@@ -198,6 +208,33 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _demo(args: argparse.Namespace) -> int:
+    from baton.shapes.demo import run_demo
+
+    with _engine(args) as engine:
+        demo = run_demo(engine, args.out, steps=args.steps, seed=args.seed)
+        info = engine.describe()
+    table = Table(title=f"{len(demo.results)} prompts submitted together · {info['models'][0]['name']} · "
+                        f"{info['mode']} · {info['device']} · {info['dtype']}")
+    for column in ("stage", "mean queue wait (ms)", "mean run (ms)", "mean batch (images)"):
+        table.add_column(column, justify="left" if column == "stage" else "right")
+    for stage in demo.results[0].timings:
+        timings = [result.timings[stage] for result in demo.results]
+        columns = ([t.queue_wait_s * 1e3 for t in timings], [t.run_s * 1e3 for t in timings],
+                   [t.batch_images for t in timings])
+        table.add_row(stage, *(f"{sum(values) / len(values):.1f}" for values in columns))
+    table.add_section()
+    latencies = sorted(result.latency_s for result in demo.results)
+    table.add_row("end to end", "", f"{sum(latencies) / len(latencies) * 1e3:.1f}", "")
+    console.print(table)
+    right = sum(all(check[a] for a in ("colour", "shape", "count")) for check in demo.checks)
+    images = len(demo.results)
+    console.print(f"{images} images in {demo.wall_s:.2f} s ({images / demo.wall_s:.2f} images/s); the detector reads "
+                  f"colour, shape and count right in {right} of {images}", highlight=False, soft_wrap=True)
+    console.print(f"wrote {demo.path}", highlight=False, soft_wrap=True)
+    return 0
+
+
 def _train_shapes(args: argparse.Namespace) -> int:
     from baton.shapes.train import train_shapes
 
@@ -246,10 +283,16 @@ def _print_timings(result, engine_info: dict) -> None:
 
 def _models(args: argparse.Namespace) -> int:
     from baton.models import SPECS
+    from baton.models.registry import EMBEDDED_MODELS, embedded_parameter_counts
 
-    table = Table(title="built-in models (random weights; any diffusers SD1.x/SDXL folder or hub id loads too)")
+    table = Table(title="built-in models (any diffusers SD1.x/SDXL folder or hub id loads too)")
     for column in ("name", "family", "parameters", "components", "description"):
         table.add_column(column, justify="right" if column == "parameters" else "left")
+    for name in EMBEDDED_MODELS:
+        counts = embedded_parameter_counts(name)
+        table.add_row(name, "sd15", _human(sum(counts.values())),
+                      ", ".join(f"{part} {_human(count)}" for part, count in counts.items()),
+                      "trained here (baton train-shapes): draws coloured shapes from captions, 64x64; the default")
     for spec in SPECS.values():
         counts = spec.parameter_counts()
         table.add_row(

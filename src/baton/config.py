@@ -244,7 +244,7 @@ class EngineConfig:
         EngineConfig(models=("tiny-sd15",), device="cpu", denoise=DenoiseConfig(max_rows=32))
     """
 
-    models: tuple[str, ...] = ("tiny-sd15",)
+    models: tuple[str, ...] = ("shapes",)
     """Models to load: built-in names (``baton models``), hub ids or local folders. The first is the default."""
     mode: EngineMode = "staged"
     """``staged``: baton's pipeline of concurrent stages. ``stacked``: the plain diffusers pipeline, one request

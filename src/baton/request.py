@@ -22,6 +22,9 @@ OUTPUT_FORMATS: tuple[str, ...] = ("png", "jpeg", "webp", "np")
 MAX_SEED = 2**63 - 1
 
 
+DEFAULT_STEPS = 30
+
+
 @dataclass(slots=True)
 class GenerationRequest:
     """One text-to-image request.
@@ -34,7 +37,7 @@ class GenerationRequest:
     num_images: int = 1
     width: int | None = None
     height: int | None = None
-    steps: int = 30
+    steps: int = DEFAULT_STEPS
     guidance_scale: float | None = None
     seed: int | None = None
     """Seed of the request's own CPU generator; ``None`` draws one, reported in the result."""

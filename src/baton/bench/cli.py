@@ -87,6 +87,24 @@ def add_bench_parser(commands: argparse._SubParsersAction, size_type) -> None:
     load.add_argument("--out", type=Path, default=None)
     load.set_defaults(handler=_load)
 
+    quality = benches.add_parser(
+        "quality",
+        help="prompt accuracy and drift of every optimization, preset, sampler and step count (shapes model)",
+        description="Draw held-out shapes prompts with each configuration, each in its own process; report the "
+        "detector's colour/shape/count accuracy and PSNR/SSIM against the float32 reference of the same seed.",
+    )
+    quality.add_argument("--model", default="shapes", help="a model trained on shapes captions")
+    quality.add_argument("--prompts", type=int, default=200, help="held-out prompts per row")
+    quality.add_argument("--steps", type=_ints, default="10,20,50",
+                         help="step counts measured besides the default, e.g. 10,20,50")
+    quality.add_argument("--device", default="auto")
+    quality.add_argument("--only", type=_names, default="",
+                         help="comma-separated parts of row names to run (the reference always runs)")
+    quality.add_argument("--compile-cache", default=None, help="persistent compile cache folder")
+    quality.add_argument("--out", type=Path, default=None,
+                         help="folder for quality.json/.md/.png (default: a new folder in benchmarks/results/)")
+    quality.set_defaults(handler=_quality)
+
 
 def _serve(args: argparse.Namespace) -> int:
     from baton.bench.report import serve_markdown, write_serve_outputs
@@ -165,6 +183,22 @@ def _optimizations(args: argparse.Namespace) -> int:
         out = RESULTS_DIR / f"optimizations-{args.model.replace('/', '_')}-{size}-{stamp}"
     paths = write_optimizations_outputs(report, out)
     print(optimizations_markdown(report))
+    for path in paths:
+        console.print(f"wrote {path}", highlight=False)
+    return 0
+
+
+def _quality(args: argparse.Namespace) -> int:
+    from baton.bench.quality import QualitySettings, run_quality
+    from baton.bench.quality_report import quality_markdown, write_quality_outputs
+
+    settings = QualitySettings(model=args.model, prompts=args.prompts, steps=tuple(args.steps), device=args.device,
+                               only=tuple(args.only), compile_cache=args.compile_cache)
+    console = Console()
+    report = run_quality(settings, log=lambda line: console.print(line, highlight=False))
+    out = args.out or RESULTS_DIR / f"quality-{args.model.replace('/', '_')}-{datetime.datetime.now():%Y%m%d-%H%M}"
+    paths = write_quality_outputs(report, out)
+    print(quality_markdown(report))
     for path in paths:
         console.print(f"wrote {path}", highlight=False)
     return 0

@@ -13,12 +13,9 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import multiprocessing
-import resource
 import tempfile
 import time
 import traceback
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -26,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from baton.bench.image_metrics import psnr_db
+from baton.bench.isolation import peak_rss_bytes, refusal, run_isolated
 from baton.bench.machine import describe_machine
 from baton.config import CompileConfig, EngineConfig, OptimizationConfig, PromptCacheConfig
 from baton.optim.presets import LOSSLESS_PRESETS, PRESETS, preset_config
@@ -130,8 +128,9 @@ def run_optimizations(settings: OptimizationSettings, log=logger.info) -> dict:
         for index, row in enumerate(rows):
             log(f"[{index + 1}/{len(rows)}] {row.name}")
             pixels_path = Path(scratch) / f"{index}.npy"
-            refusal = _refusal(row.config, device)
-            result = {"status": "skipped", "reason": refusal} if refusal else _run_isolated(row, settings, pixels_path)
+            reason = refusal(row.config, device)
+            result = ({"status": "skipped", "reason": reason} if reason else
+                      run_isolated(_measure_row, row.config, settings, str(pixels_path), timeout_s=settings.timeout_s))
             result.update(config=row.name, kind=row.kind, mode=row.config.mode)
             if result["status"] == "ok":
                 pixels = np.load(pixels_path)
@@ -177,29 +176,6 @@ def add_speedups(results: list[dict]) -> None:
         row["vs_stacked_sdpa"] = round(baseline["latency_s"] / row["latency_s"], 2) if baseline else None
 
 
-def _refusal(config: EngineConfig, device) -> str | None:
-    """The engine's reason for refusing this row on ``device``, found without starting a process."""
-    from baton.optim import check_optimizations
-
-    try:
-        check_optimizations(config, device)
-    except ValueError as exc:
-        return str(exc)
-    return None
-
-
-def _run_isolated(row: Row, settings: OptimizationSettings, pixels_path: Path) -> dict[str, Any]:
-    context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(max_workers=1, mp_context=context) as pool:
-        future = pool.submit(_measure_row, row.config, settings, str(pixels_path))
-        try:
-            return future.result(timeout=settings.timeout_s)
-        except Exception as exc:  # the worker died or hung: the row failed, the table goes on
-            for process in list(getattr(pool, "_processes", {}).values()):
-                process.kill()
-            return {"status": "failed", "reason": f"{type(exc).__name__}: {exc}"}
-
-
 def _measure_row(config: EngineConfig, settings: OptimizationSettings, pixels_path: str) -> dict[str, Any]:
     """In the row's own process: build the engine, generate ``iterations`` times, save the last images."""
     import torch
@@ -207,7 +183,7 @@ def _measure_row(config: EngineConfig, settings: OptimizationSettings, pixels_pa
     from baton.engine import Engine
 
     logging.basicConfig(level=logging.WARNING)
-    rss_at_start = _peak_rss_bytes()
+    rss_at_start = peak_rss_bytes()
     started = time.perf_counter()
     try:
         engine = Engine(config)
@@ -233,7 +209,7 @@ def _measure_row(config: EngineConfig, settings: OptimizationSettings, pixels_pa
                 peak = torch.cuda.max_memory_allocated(engine.device)
                 model_memory = peak
             else:
-                peak = _peak_rss_bytes()
+                peak = peak_rss_bytes()
                 model_memory = peak - rss_at_start
     except Exception:
         return {"status": "failed", "reason": traceback.format_exc()}
@@ -251,10 +227,6 @@ def _measure_row(config: EngineConfig, settings: OptimizationSettings, pixels_pa
         "optimizations": described["optimizations"],
         "timings_s": {stage: round(t.run_s, 4) for stage, t in result.timings.items()},
     }
-
-
-def _peak_rss_bytes() -> int:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
 
 
 def _db(value: float | None) -> str:

@@ -1,11 +1,15 @@
-"""Model names → loaded runners: built-in random-weight architectures, local folders and hub ids."""
+"""Model names → loaded runners: embedded trained models, built-in random-weight architectures, local folders and
+hub ids."""
 
 from __future__ import annotations
 
+import json
 import logging
+import math
 import os
 import time
 import warnings
+from pathlib import Path
 
 import torch
 from diffusers import DiffusionPipeline
@@ -16,9 +20,28 @@ from baton.models.runner import ModelRunner
 
 logger = logging.getLogger(__name__)
 
-BUILTIN_MODELS: tuple[str, ...] = tuple(SPECS)
+EMBEDDED_MODELS: dict[str, Path] = {"shapes": Path(__file__).parent / "weights" / "shapes"}
+"""Trained models whose weights ship inside the package (``baton train-shapes`` made ``shapes``)."""
+BUILTIN_MODELS: tuple[str, ...] = (*EMBEDDED_MODELS, *SPECS)
 _RUNNER_BY_FAMILY = {runner.family: runner for runner in RUNNERS}
 _RUNNER_BY_PIPELINE = {runner.pipeline_class.__name__: runner for runner in RUNNERS}
+
+
+SERVING_DEFAULTS_FILE = "baton.json"
+"""An optional file in a model folder with the defaults baton serves it with: ``{"guidance_scale": 2.0}``. A
+small model trained here can need a guidance scale far from its family's (the shapes model over-saturates at
+SD1.5's 7.5), and the folder is where that knowledge belongs."""
+
+
+def embedded_parameter_counts(name: str) -> dict[str, int]:
+    """Parameters per component of an embedded model, read from its safetensors headers (no weights loaded)."""
+    from safetensors import safe_open
+
+    counts = {}
+    for weights in sorted(EMBEDDED_MODELS[name].glob("*/*.safetensors")):
+        with safe_open(weights, framework="pt") as tensors:
+            counts[weights.parent.name] = sum(math.prod(tensors.get_slice(key).get_shape()) for key in tensors.keys())
+    return counts
 
 
 class ModelLoadError(ValueError):
@@ -28,25 +51,30 @@ class ModelLoadError(ValueError):
 def load_model(name: str, device: torch.device, dtype: torch.dtype) -> ModelRunner:
     """Load ``name`` onto ``device`` in ``dtype`` and wrap it in its family's runner.
 
-    ``name`` is a built-in (see :data:`BUILTIN_MODELS`), a local folder written by ``save_pretrained``, or a
-    Hugging Face hub id (which needs the weights in the local cache, or network access).
+    ``name`` is a built-in (see :data:`BUILTIN_MODELS`: embedded trained weights or a random-weight
+    architecture), a local folder written by ``save_pretrained``, or a Hugging Face hub id (which needs the
+    weights in the local cache, or network access).
     """
     start = time.perf_counter()
     spec = SPECS.get(name)
     if spec is not None:
         runner = _RUNNER_BY_FAMILY[spec.family](name, spec.build(device, dtype), device, dtype)
+    elif name in EMBEDDED_MODELS:
+        runner = _load_pretrained(str(EMBEDDED_MODELS[name]), device, dtype, name=name)
     else:
         runner = _load_pretrained(name, device, dtype)
     logger.info("loaded %s (%s, %s, %s) in %.1f s", name, runner.family, device, dtype, time.perf_counter() - start)
     return runner
 
 
-def _load_pretrained(name: str, device: torch.device, dtype: torch.dtype) -> ModelRunner:
-    where = "local folder" if os.path.isdir(name) else "hub id"
+def _load_pretrained(source: str, device: torch.device, dtype: torch.dtype, name: str | None = None) -> ModelRunner:
+    """Load a folder or hub id ``source``; the runner is called ``name`` (default: ``source``)."""
+    name = name or source
+    where = "local folder" if os.path.isdir(source) else "hub id"
     try:
         with warnings.catch_warnings():  # huggingface_hub's deprecation chatter about its own arguments
             warnings.simplefilter("ignore")
-            class_name = DiffusionPipeline.load_config(name)["_class_name"]
+            class_name = DiffusionPipeline.load_config(source)["_class_name"]
     except Exception as exc:  # diffusers raises several types for a missing folder or an unreachable hub
         raise ModelLoadError(
             f"unknown model {name!r}: not a built-in model ({', '.join(BUILTIN_MODELS)}), and as a {where} "
@@ -61,6 +89,28 @@ def _load_pretrained(name: str, device: torch.device, dtype: torch.dtype) -> Mod
     if runner_class.family == "sd15":
         # The SD1.x safety checker is a second CLIP model run on every image; serving puts moderation elsewhere.
         extra = {"safety_checker": None, "requires_safety_checker": False}
-    pipeline = runner_class.pipeline_class.from_pretrained(name, torch_dtype=dtype, **extra)
+    defaults = _serving_defaults(source)
+    pipeline = runner_class.pipeline_class.from_pretrained(source, torch_dtype=dtype, **extra)
     pipeline.to(device)
-    return runner_class(name, pipeline, device, dtype)
+    runner = runner_class(name, pipeline, device, dtype)
+    if "guidance_scale" in defaults:
+        runner.default_guidance_scale = defaults["guidance_scale"]
+    return runner
+
+
+def _serving_defaults(source: str) -> dict[str, float]:
+    """The folder's ``baton.json``, checked (a hub id has none)."""
+    path = Path(source) / SERVING_DEFAULTS_FILE
+    if not path.is_file():
+        return {}
+    try:
+        defaults = json.loads(path.read_text())
+    except ValueError as exc:
+        raise ModelLoadError(f"{path} is not valid JSON: {exc}") from exc
+    if not isinstance(defaults, dict) or set(defaults) - {"guidance_scale"}:
+        raise ModelLoadError(f"{path} must be a JSON object with only `guidance_scale`, got {defaults!r}")
+    guidance = defaults.get("guidance_scale", 0.0)
+    if isinstance(guidance, bool) or not isinstance(guidance, (int, float)) or not math.isfinite(guidance) \
+            or guidance < 0:
+        raise ModelLoadError(f"`guidance_scale` in {path} must be a finite number >= 0, got {guidance!r}")
+    return {key: float(value) for key, value in defaults.items()}

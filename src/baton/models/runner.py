@@ -82,7 +82,9 @@ class ModelRunner(ABC):
 
     family: ClassVar[str]
     pipeline_class: ClassVar[type[DiffusionPipeline]]
-    default_guidance_scale: ClassVar[float]
+    default_guidance_scale: float
+    """The family's guidance scale for requests that give none; a model folder's ``baton.json`` may set its own
+    (see ``baton.models.registry.SERVING_DEFAULTS_FILE``)."""
     scheduler_config_fixes: ClassVar[dict[str, object]] = {}
     """Scheduler config values this family's diffusers pipeline forces on any scheduler given to it."""
     latent_rgb_factors: ClassVar[tuple[tuple[float, float, float], ...]] = ()

@@ -28,7 +28,8 @@ COLOURS: dict[str, tuple[int, int, int]] = {
     "orange": (250, 140, 20),
 }
 SHAPES: tuple[str, ...] = ("circle", "square", "triangle", "diamond")
-SIZES: dict[str, int] = {"small": 8, "large": 13}  # bounding-box side in pixels
+SIZES: dict[str, int] = {"small": 8, "large": 12}  # bounding-box side in pixels
+GAP = 3  # pixels at least between neighbours: a VAE that downsamples by 4 blurs a 1-pixel gap shut
 COUNTS: dict[int, str] = {1: "one", 2: "two", 3: "three"}
 # each region is a 32x32 square of the canvas, split in four 16x16 cells that hold at most one object each
 POSITIONS: dict[str, tuple[int, int]] = {
@@ -101,7 +102,7 @@ def _object_boxes(scene: Scene, side: int) -> list[tuple[int, int]]:
     rng = random.Random(scene.layout_seed)
     region_x, region_y = POSITIONS[scene.position]
     cells = rng.sample([(0, 0), (16, 0), (0, 16), (16, 16)], scene.count)
-    slack = 16 - side - 1  # leave a pixel between neighbours
+    slack = 16 - side - GAP
     boxes = [(cx + rng.randint(0, slack), cy + rng.randint(0, slack)) for cx, cy in cells]
     centre_x = sum(x for x, _ in boxes) / len(boxes) + side / 2
     centre_y = sum(y for _, y in boxes) / len(boxes) + side / 2

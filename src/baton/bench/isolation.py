@@ -1,0 +1,39 @@
+"""Running one benchmark row in a fresh process, so its peak memory and thread pools are its own."""
+
+from __future__ import annotations
+
+import multiprocessing
+import resource
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
+from typing import Any
+
+from baton.config import EngineConfig
+
+
+def run_isolated(function: Callable[..., dict[str, Any]], *args: Any, timeout_s: float) -> dict[str, Any]:
+    """``function(*args)`` in a spawned process; a crash or hang there is a ``failed`` row, not a failed table."""
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=1, mp_context=context) as pool:
+        future = pool.submit(function, *args)
+        try:
+            return future.result(timeout=timeout_s)
+        except Exception as exc:  # the worker died or hung: the row failed, the table goes on
+            for process in list(getattr(pool, "_processes", {}).values()):
+                process.kill()
+            return {"status": "failed", "reason": f"{type(exc).__name__}: {exc}"}
+
+
+def refusal(config: EngineConfig, device) -> str | None:
+    """The engine's reason for refusing ``config`` on ``device``, found without starting a process."""
+    from baton.optim import check_optimizations
+
+    try:
+        check_optimizations(config, device)
+    except ValueError as exc:
+        return str(exc)
+    return None
+
+
+def peak_rss_bytes() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB

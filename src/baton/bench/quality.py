@@ -1,0 +1,226 @@
+"""``baton bench quality``: what each optimization, preset, sampler and step count does to the images.
+
+The prompts are held-out shapes captions (combinations training never saw), each with its own seed. Every row
+draws all of them through the engine (submitted together, so the denoiser batches as it would in serving), in a
+fresh process. Two measures per row:
+
+- **prompt accuracy**: the share of images in which the classical detector (``baton.shapes.detector``) reads the
+  prompt's colour, shape and count (and size and position, reported too);
+- **drift**: PSNR and SSIM against the float32 reference row's image of the same prompt and seed.
+
+A stacked row runs the plain diffusers pipeline on the same prompts and seeds, as the baseline. Rows the device
+cannot run are reported as skipped with the engine's own reason.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import tempfile
+import time
+import traceback
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from baton.bench.image_metrics import psnr_db, ssim
+from baton.bench.isolation import refusal, run_isolated
+from baton.bench.machine import describe_machine
+from baton.config import CompileConfig, EngineConfig, OptimizationConfig, PromptCacheConfig
+from baton.optim.presets import PRESETS, preset_config
+from baton.request import DEFAULT_STEPS
+from baton.shapes.detector import read_scene, score
+from baton.shapes.scenes import Scene, caption, sample_scenes
+
+logger = logging.getLogger(__name__)
+
+PROMPT_SEED = 2026  # the held-out prompt set's seed (training's own check uses another)
+ATTRIBUTES = ("colour", "shape", "count", "size", "position")
+TARGETS = {"colour": 0.90, "shape": 0.75, "count": 0.70}
+"""The bar the default model must reach at the default steps (and what the headline checks compare with)."""
+MAX_DROP_POINTS = 1.0
+"""How far half precision, compile and the prompt cache may move an accuracy (percentage points)."""
+
+
+@dataclass(frozen=True, slots=True)
+class QualitySettings:
+    model: str = "shapes"
+    prompts: int = 200
+    steps: tuple[int, ...] = (10, 20, 50)
+    """Step counts measured besides the default (the reference configuration at each)."""
+    device: str = "auto"
+    seed: int = 0
+    only: tuple[str, ...] = ()
+    """Run only the rows whose names contain one of these (the reference always runs)."""
+    compile_cache: str | None = None
+    timeout_s: float = 3600.0
+
+    def __post_init__(self) -> None:
+        if self.prompts < 1:
+            raise ValueError(f"`prompts` must be >= 1, got {self.prompts!r}")
+        if any(s < 1 for s in self.steps):
+            raise ValueError(f"`steps` must all be >= 1, got {self.steps!r}")
+
+
+@dataclass(frozen=True, slots=True)
+class Row:
+    name: str
+    config: EngineConfig
+    kind: str  # "reference", "baseline", "option", "sampler", "preset", "steps"
+    steps: int = DEFAULT_STEPS
+    scheduler: str = "default"
+    gated: bool = False
+    """One of the options whose accuracy may move by at most :data:`MAX_DROP_POINTS` (the issue's rule)."""
+
+
+def quality_prompts(settings: QualitySettings) -> list[Scene]:
+    return sample_scenes(settings.prompts, seed=PROMPT_SEED, held_out=True)
+
+
+def quality_rows(settings: QualitySettings, device_type: str) -> list[Row]:
+    prompts = [caption(scene) for scene in quality_prompts(settings)]
+    base = EngineConfig(models=(settings.model,), device=settings.device, dtype="float32",
+                        max_queue=max(256, settings.prompts), stage_queue_size=max(64, settings.prompts))
+    rows_per_forward = base.denoise.max_rows
+    plain = OptimizationConfig()
+
+    def row(name: str, options: OptimizationConfig = plain, kind: str = "option", dtype: str = "float32",
+            **fields) -> Row:
+        return Row(name, dataclasses.replace(base, dtype=dtype, optimizations=options), kind, **fields)
+
+    # one bucket (the denoiser's full batch) at the native size: the bench keeps the denoiser full
+    compiled = CompileConfig(enabled=True, batch_buckets=(rows_per_forward,), cache_dir=settings.compile_cache)
+    rows = [
+        row("fp32 (reference)", kind="reference"),
+        Row("diffusers fp32 (stacked)", dataclasses.replace(base, mode="stacked"), "baseline"),
+        row("fp16", dtype="float16", gated=True),
+        row("bf16", dtype="bfloat16", gated=True),
+        row("bf16 text encoder", dataclasses.replace(plain, text_encoder_dtype="bfloat16")),
+        row("bf16 VAE", dataclasses.replace(plain, vae_dtype="bfloat16")),
+        row("compile", dataclasses.replace(plain, compile=compiled), gated=True),
+        row("prompt cache (every prompt precomputed)", dataclasses.replace(
+            plain, prompt_cache=PromptCacheConfig(max_bytes=64 * 2**20, precompute=tuple(prompts))), gated=True),
+        row("classic attention", dataclasses.replace(plain, attention="classic")),
+        row("fused QKV", dataclasses.replace(plain, fuse_qkv=True)),
+        row("channels_last", dataclasses.replace(plain, channels_last=True)),
+        row("VAE slicing", dataclasses.replace(plain, vae_slicing=True)),
+        row("VAE tiling", dataclasses.replace(plain, vae_tiling=True)),
+        row("tiny autoencoder (random weights)", dataclasses.replace(plain, vae="tiny")),
+    ]
+    rows += [row(f"sampler {name}", kind="sampler", scheduler=name) for name in ("euler", "dpmpp_2m", "ddim", "unipc")]
+    for preset in PRESETS:
+        config = preset_config(preset, device_type, base)
+        options = config.optimizations
+        if options.compile.enabled:
+            options = dataclasses.replace(options, compile=dataclasses.replace(
+                compiled, mode=options.compile.mode, vae=options.compile.vae))
+        rows.append(Row(f"preset {preset}", dataclasses.replace(config, optimizations=options), "preset"))
+    rows += [row(f"{steps} steps", kind="steps", steps=steps) for steps in settings.steps
+             if steps != DEFAULT_STEPS]
+    if settings.only:
+        rows = [r for r in rows if r.kind == "reference" or any(part in r.name for part in settings.only)]
+    return rows
+
+
+def run_quality(settings: QualitySettings, log=logger.info) -> dict:
+    """Run every row in its own process, score it, and return the report."""
+    import torch
+
+    from baton.device import resolve_device
+
+    device = resolve_device(settings.device)
+    scenes = quality_prompts(settings)
+    results: list[dict[str, Any]] = []
+    reference: np.ndarray | None = None
+    with tempfile.TemporaryDirectory(prefix="baton-quality-") as scratch:
+        for index, row in enumerate(quality_rows(settings, device.type)):
+            log(f"[{index + 1}] {row.name}")
+            pixels_path = Path(scratch) / f"{index}.npy"
+            reason = refusal(row.config, device)
+            result = ({"status": "skipped", "reason": reason} if reason else
+                      run_isolated(_draw_row, row, settings, str(pixels_path), timeout_s=settings.timeout_s))
+            result.update(config=row.name, kind=row.kind, steps=row.steps, scheduler=row.scheduler, gated=row.gated,
+                          mode=row.config.mode)
+            if result["status"] == "ok":
+                pixels = np.load(pixels_path)
+                if row.kind == "reference":
+                    reference = pixels
+                result.update(accuracy(scenes, pixels))
+                result.update(drift(reference, pixels))
+                log("    " + ", ".join(f"{a} {result['accuracy'][a]:.1%}" for a in ("colour", "shape", "count"))
+                    + f"; PSNR {result['psnr_db'] if result['psnr_db'] is not None else 'identical'}"
+                    + f"; {result['images_per_s']:.1f} images/s")
+            else:
+                log(f"    {result['status']}: {result['reason'].splitlines()[0]}")
+            results.append(result)
+    add_deltas(results)
+    return {
+        "benchmark": "quality",
+        "settings": {**asdict(settings), "default_steps": DEFAULT_STEPS, "prompt_seed": PROMPT_SEED,
+                     "targets": TARGETS, "max_drop_points": MAX_DROP_POINTS, "device": str(device)},
+        "machine": describe_machine(str(device)),
+        "results": results,
+        "torch": torch.__version__,
+    }
+
+
+def accuracy(scenes: list[Scene], pixels: np.ndarray) -> dict[str, Any]:
+    """Per attribute, the share of images the detector reads as the prompt says; and all of colour, shape, count."""
+    checks = [score(scene, read_scene(image)) for scene, image in zip(scenes, pixels)]
+    shares = {a: round(float(np.mean([c[a] for c in checks])), 4) for a in ATTRIBUTES}
+    shares["colour+shape+count"] = round(float(np.mean([c["colour"] and c["shape"] and c["count"] for c in checks])), 4)
+    return {"accuracy": shares}
+
+
+def drift(reference: np.ndarray | None, pixels: np.ndarray) -> dict[str, float | None]:
+    """PSNR (dB over the whole set; ``None`` when identical) and mean SSIM against the reference row's images."""
+    if reference is None or reference.shape != pixels.shape:
+        return {"psnr_db": None, "ssim": None, "identical": False}
+    psnr = psnr_db(reference, pixels)
+    return {"psnr_db": None if psnr is None else round(psnr, 2),
+            "ssim": round(float(np.mean([ssim(r, p) for r, p in zip(reference, pixels)])), 4),
+            "identical": psnr is None}
+
+
+def add_deltas(results: list[dict]) -> None:
+    """Each row's accuracy change from the reference, in percentage points."""
+    reference = next((r for r in results if r["kind"] == "reference" and r["status"] == "ok"), None)
+    for row in results:
+        if row["status"] != "ok" or reference is None:
+            row["delta_points"] = None
+            continue
+        row["delta_points"] = {a: round(100 * (row["accuracy"][a] - reference["accuracy"][a]), 1)
+                               for a in row["accuracy"]}
+
+
+def _draw_row(row: Row, settings: QualitySettings, pixels_path: str) -> dict[str, Any]:
+    """In the row's own process: every prompt through one engine, submitted together; the images saved."""
+    from baton.engine import Engine
+
+    logging.basicConfig(level=logging.WARNING)
+    scenes = quality_prompts(settings)
+    started = time.perf_counter()
+    try:
+        engine = Engine(row.config)
+    except ValueError as exc:  # the engine refused an option for this device
+        return {"status": "skipped", "reason": str(exc)}
+    except Exception:
+        return {"status": "failed", "reason": traceback.format_exc()}
+    ready_s = time.perf_counter() - started
+    try:
+        with engine:
+            started = time.perf_counter()
+            futures = [engine.submit(prompt=caption(scene), seed=settings.seed + i, steps=row.steps,
+                                     scheduler=row.scheduler, output_format="np") for i, scene in enumerate(scenes)]
+            pixels = np.concatenate([future.result().pixels for future in futures])
+            wall_s = time.perf_counter() - started
+            described = engine.describe()["models"][0]
+    except Exception:
+        return {"status": "failed", "reason": traceback.format_exc()}
+    np.save(pixels_path, pixels)
+    return {"status": "ok", "ready_s": round(ready_s, 2), "wall_s": round(wall_s, 2),
+            "images_per_s": round(len(scenes) / wall_s, 2), "dtype": described["dtype"],
+            "optimizations": described["optimizations"]}
+

@@ -1,0 +1,59 @@
+"""The embedded ``shapes`` model: it loads by name, matches diffusers, draws what its held-out prompts ask, and
+``baton demo`` puts a grid of it in one PNG."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from baton import Engine, GenerationRequest
+from baton.bench.quality import TARGETS, accuracy
+from baton.cli import main
+from baton.models import BUILTIN_MODELS
+from baton.models.registry import EMBEDDED_MODELS
+from baton.shapes import caption, sample_scenes
+from tests.conftest import assert_matches_reference
+
+SMALL_SET = 24  # held-out prompts: enough to tell a trained model from a broken one, a few seconds on a CPU
+
+
+@pytest.fixture(scope="module")
+def shapes_engine():
+    with Engine(device="cpu") as engine:  # the default model
+        yield engine
+
+
+def test_the_committed_weights_are_small_and_load_by_name(shapes_engine):
+    assert "shapes" in BUILTIN_MODELS and shapes_engine.config.models == ("shapes",)
+    weights = sum(f.stat().st_size for f in EMBEDDED_MODELS["shapes"].rglob("*.safetensors"))
+    assert weights < 20 * 2**20
+    runner = shapes_engine.runners["shapes"]
+    assert runner.family == "sd15" and runner.default_size == 64
+    assert runner.pipeline.tokenizer("one small red circle").input_ids[1] != runner.pipeline.tokenizer.unk_token_id
+
+
+def test_it_runs_the_sd15_path_and_equals_diffusers(shapes_engine):
+    request = GenerationRequest(prompt="two large blue squares at the top left on a black background", seed=3,
+                                steps=6, num_images=2, output_format="np")
+    assert_matches_reference(shapes_engine, shapes_engine.generate(request), request)
+
+
+def test_fixed_seed_held_out_prompts_score_above_the_bar(shapes_engine):
+    scenes = sample_scenes(SMALL_SET, seed=99, held_out=True)
+    futures = [shapes_engine.submit(prompt=caption(scene), seed=i, output_format="np") for i, scene in
+               enumerate(scenes)]
+    pixels = np.concatenate([future.result().pixels for future in futures])
+    shares = accuracy(scenes, pixels)["accuracy"]
+    for attribute, target in TARGETS.items():
+        assert shares[attribute] >= target, shares
+
+
+def test_demo_writes_one_grid_and_prints_the_stage_timings(tmp_path, capsys):
+    assert main(["demo", "--out", str(tmp_path), "--steps", "8", "--device", "cpu"]) == 0
+    printed = capsys.readouterr().out
+    grid = Image.open(tmp_path / "shapes-grid.png")
+    assert grid.size == (4 * 256, 2 * (256 + 34))
+    for stage in ("text_encode", "denoise", "vae_decode"):
+        assert stage in printed
+    assert "8 images in" in printed and f"wrote {tmp_path / 'shapes-grid.png'}" in printed
