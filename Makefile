@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml constraints.txt
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/baton generate "a red fox in the snow" --model tiny-sd15 -n 2 --steps 20 --seed 0 --size 256x256 --out outputs/demo
+	$(BIN)/baton demo --out outputs/demo
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)

@@ -23,8 +23,8 @@ def test_the_bench_scores_each_row_against_the_reference(tmp_path):
     reference = rows["fp32 (reference)"]
     assert reference["status"] == "ok" and reference["delta_points"]["colour"] == 0.0
     assert set(reference["accuracy"]) == {"colour", "shape", "count", "size", "position", "colour+shape+count"}
-    # the engine draws exactly what diffusers draws, so the baseline's images are the reference's
-    assert rows["diffusers fp32 (stacked)"]["identical"] is True
+    # the engine draws what diffusers draws (within float rounding), so the baseline's images are the reference's
+    assert rows["diffusers fp32 (stacked)"]["max_abs_diff"] <= 1e-5
     assert rows["fp16"]["status"] == "skipped" and "float16" in rows["fp16"]["reason"]
     drifted = rows["bf16 VAE"]
     assert drifted["status"] == "ok" and not drifted["identical"] and 20 < drifted["psnr_db"] < 80
@@ -52,7 +52,7 @@ def test_accuracy_drift_and_the_one_point_rule():
     assert accuracy(scenes, exact)["accuracy"]["colour+shape+count"] == 1.0
     blank = np.zeros_like(exact)
     assert accuracy(scenes, blank)["accuracy"]["count"] == 0.0
-    assert drift(exact, exact) == {"psnr_db": None, "ssim": 1.0, "identical": True}
+    assert drift(exact, exact) == {"psnr_db": None, "ssim": 1.0, "max_abs_diff": 0.0, "identical": True}
     results = [
         {"config": "fp32 (reference)", "kind": "reference", "status": "ok", "gated": False, "identical": False,
          "psnr_db": None, "ssim": None, "images_per_s": 1.0,

@@ -44,3 +44,17 @@ def test_builtin_full_size_models_have_the_published_shapes():
 @pytest.mark.parametrize("model", ["tiny-sd15", "tiny-sdxl"])
 def test_tiny_models_stay_tiny(model):
     assert sum(SPECS[model].parameter_counts().values()) < 2_000_000
+
+
+def test_a_folder_may_set_its_guidance_scale_in_baton_json(tmp_path):
+    SPECS["tiny-sd15"].build(torch.device("cpu"), torch.float32).save_pretrained(tmp_path)
+    (tmp_path / "baton.json").write_text('{"guidance_scale": 2.5}')
+    assert load_model(str(tmp_path), torch.device("cpu"), torch.float32).default_guidance_scale == 2.5
+    with Engine(models=str(tmp_path), device="cpu") as engine:
+        assert engine.resolve(prompt="a fox").guidance_scale == 2.5
+        assert engine.resolve(prompt="a fox", guidance_scale=7.0).guidance_scale == 7.0
+    for text, error in (('{"guidance_scale": -1}', "guidance_scale.*finite number >= 0, got -1"),
+                        ('{"steps": 20}', "only `guidance_scale`"), ("{oops", "not valid JSON")):
+        (tmp_path / "baton.json").write_text(text)
+        with pytest.raises(ModelLoadError, match=error):
+            load_model(str(tmp_path), torch.device("cpu"), torch.float32)

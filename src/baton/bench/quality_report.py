@@ -71,7 +71,8 @@ def headline_checks(report: dict) -> list[str]:
                          f"({'within' if worst <= limit else 'OVER'} {limit:g})")
     baseline = next((r for r in rows if r["kind"] == "baseline"), None)
     if baseline is not None and reference is not None:
-        same = "identical images" if baseline["identical"] else f"PSNR {baseline['psnr_db']} dB"
+        same = ("identical images" if baseline["identical"] else
+                f"PSNR {baseline['psnr_db']} dB, max abs difference {baseline['max_abs_diff']:.1e}")
         lines.append(f"baton's engine against the plain diffusers pipeline, same prompts and seeds: {same}")
     return lines
 
