@@ -60,6 +60,6 @@ def test_serve_answers_with_a_key_file_and_drains_in_flight_requests_on_sigterm(
         if process.poll() is None:
             process.kill()
     output = process.stdout.read()
-    assert f"baton serving tiny-sd15 at http://127.0.0.1:{port} (API keys required)" in output
-    assert "ready: tiny-sd15 loaded and warmed" in output
+    assert f"baton serving shapes at http://127.0.0.1:{port} (API keys required)" in output
+    assert "ready: shapes loaded and warmed" in output
     assert "Application shutdown complete" in output  # the engine closed after the in-flight request
