@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from baton.bench.report import _machine_line, _pyplot, _ratio, write_json
+from baton.bench.report import _machine_line, _pyplot, _ratio, write_outputs
 
 KIND_COLOURS = {"reference": "#7f7f7f", "baseline": "#bcbd22", "option": "#1f77b4", "restart": "#17becf",
                 "preset": "#d62728"}
@@ -106,9 +106,4 @@ def plot_optimizations(report: dict, path: Path) -> None:
 
 
 def write_optimizations_outputs(report: dict, out_dir: Path) -> list[Path]:
-    out_dir.mkdir(parents=True, exist_ok=True)
-    paths = [out_dir / "optimizations.json", out_dir / "optimizations.md", out_dir / "optimizations.png"]
-    write_json(report, paths[0])
-    paths[1].write_text(optimizations_markdown(report))
-    plot_optimizations(report, paths[2])
-    return paths
+    return write_outputs(report, out_dir, "optimizations", optimizations_markdown, plot_optimizations)

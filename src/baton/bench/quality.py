@@ -28,16 +28,15 @@ import numpy as np
 from baton.bench.image_metrics import psnr_db, ssim
 from baton.bench.isolation import refusal, run_isolated
 from baton.bench.machine import describe_machine
+from baton.bench.optimizations import preset_configs
 from baton.config import CompileConfig, EngineConfig, OptimizationConfig, PromptCacheConfig
-from baton.optim.presets import PRESETS, preset_config
 from baton.request import DEFAULT_STEPS
-from baton.shapes.detector import read_scene, score
+from baton.shapes.detector import accuracy as detector_accuracy
 from baton.shapes.scenes import Scene, caption, sample_scenes
 
 logger = logging.getLogger(__name__)
 
 PROMPT_SEED = 2026  # the held-out prompt set's seed (training's own check uses another)
-ATTRIBUTES = ("colour", "shape", "count", "size", "position")
 TARGETS = {"colour": 0.90, "shape": 0.75, "count": 0.70}
 """The bar the default model must reach at the default steps (and what the headline checks compare with)."""
 MAX_DROP_POINTS = 1.0
@@ -110,13 +109,8 @@ def quality_rows(settings: QualitySettings, device_type: str) -> list[Row]:
         row("tiny autoencoder (random weights)", dataclasses.replace(plain, vae="tiny")),
     ]
     rows += [row(f"sampler {name}", kind="sampler", scheduler=name) for name in ("euler", "dpmpp_2m")]
-    for preset in PRESETS:
-        config = preset_config(preset, device_type, base)
-        options = config.optimizations
-        if options.compile.enabled:
-            options = dataclasses.replace(options, compile=dataclasses.replace(
-                compiled, mode=options.compile.mode, vae=options.compile.vae))
-        rows.append(Row(f"preset {preset}", dataclasses.replace(config, optimizations=options), "preset"))
+    rows += [Row(f"preset {name}", config, "preset") for name, config in preset_configs(base, device_type,
+                                                                                        compiled).items()]
     rows += [row(f"{steps} steps", kind="steps", steps=steps) for steps in settings.steps
              if steps != DEFAULT_STEPS]
     if settings.only:
@@ -168,10 +162,7 @@ def run_quality(settings: QualitySettings, log=logger.info) -> dict:
 
 def accuracy(scenes: list[Scene], pixels: np.ndarray) -> dict[str, Any]:
     """Per attribute, the share of images the detector reads as the prompt says; and all of colour, shape, count."""
-    checks = [score(scene, read_scene(image)) for scene, image in zip(scenes, pixels)]
-    shares = {a: round(float(np.mean([c[a] for c in checks])), 4) for a in ATTRIBUTES}
-    shares["colour+shape+count"] = round(float(np.mean([c["colour"] and c["shape"] and c["count"] for c in checks])), 4)
-    return {"accuracy": shares}
+    return {"accuracy": {name: round(share, 4) for name, share in detector_accuracy(scenes, pixels).items()}}
 
 
 def drift(reference: np.ndarray | None, pixels: np.ndarray) -> dict[str, float | None]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from baton.bench.report import _machine_line, _pyplot, write_json
+from baton.bench.report import _machine_line, _pyplot, write_outputs
 
 SCORED = ("colour", "shape", "count")
 KIND_COLOURS = {"reference": "#7f7f7f", "baseline": "#bcbd22", "option": "#1f77b4", "sampler": "#9467bd",
@@ -113,12 +113,7 @@ def plot_quality(report: dict, path: Path) -> None:
 
 
 def write_quality_outputs(report: dict, out_dir: Path) -> list[Path]:
-    out_dir.mkdir(parents=True, exist_ok=True)
-    paths = [out_dir / "quality.json", out_dir / "quality.md", out_dir / "quality.png"]
-    write_json(report, paths[0])
-    paths[1].write_text(quality_markdown(report))
-    plot_quality(report, paths[2])
-    return paths
+    return write_outputs(report, out_dir, "quality", quality_markdown, plot_quality)
 
 
 def _label(row: dict) -> str:

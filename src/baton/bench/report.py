@@ -78,6 +78,16 @@ def write_json(report: dict, path: Path) -> None:
     path.write_text(json.dumps(report, indent=2) + "\n")
 
 
+def write_outputs(report: dict, out_dir: Path, stem: str, markdown, plot) -> list[Path]:
+    """``STEM.json``, ``STEM.md`` (``markdown(report)``) and ``STEM.png`` (``plot(report, path)``) in ``out_dir``."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = [out_dir / f"{stem}.json", out_dir / f"{stem}.md", out_dir / f"{stem}.png"]
+    write_json(report, paths[0])
+    paths[1].write_text(markdown(report))
+    plot(report, paths[2])
+    return paths
+
+
 def plot_serve(report: dict, path: Path) -> None:
     """Throughput and p95 latency against load, one line per mode."""
     plt = _pyplot()

@@ -24,6 +24,7 @@ _PALETTE = np.array(list(COLOURS.values()), dtype=np.float32)
 _PALETTE_NAMES = list(COLOURS)
 _REGION_CENTRES = {name: (x + 16, y + 16) for name, (x, y) in POSITIONS.items()}
 _SIZE_SPLIT = (SIZES["small"] + SIZES["large"]) / 2
+ATTRIBUTES = ("colour", "shape", "count", "size", "position")
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,6 +83,15 @@ def score(scene: Scene, reading: Reading) -> dict[str, bool]:
         "size": reading.size == scene.size,
         "position": reading.position == scene.position,
     }
+
+
+def accuracy(scenes: list[Scene], images) -> dict[str, float]:
+    """Over a set of prompts and their images: the share showing each attribute, and all of colour, shape and count
+    at once (``colour+shape+count``)."""
+    checks = [score(scene, read_scene(image)) for scene, image in zip(scenes, images)]
+    shares = {attribute: float(np.mean([check[attribute] for check in checks])) for attribute in checks[0]}
+    shares["colour+shape+count"] = float(np.mean([c["colour"] and c["shape"] and c["count"] for c in checks]))
+    return shares
 
 
 def _components(mask: np.ndarray) -> list[list[tuple[int, int]]]:

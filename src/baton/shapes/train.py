@@ -27,7 +27,7 @@ from diffusers.training_utils import EMAModel
 
 from baton.models.registry import SERVING_DEFAULTS_FILE
 from baton.request import DEFAULT_STEPS
-from baton.shapes.detector import read_scene, score
+from baton.shapes.detector import ATTRIBUTES, accuracy
 from baton.shapes.model import build_pipeline, training_scheduler
 from baton.shapes.scenes import caption, render, sample_scenes
 
@@ -154,15 +154,12 @@ def _set_learning_rates(optimizer, step: int, progress: float) -> None:
 
 def evaluate(pipe, scenes, steps: int = DEFAULT_STEPS, guidance: float = SERVING_GUIDANCE) -> dict[str, float]:
     """Share of held-out captions whose image shows each attribute (read by the detector)."""
-    right: dict[str, int] = {}
-    for i in range(0, len(scenes), 16):
-        chunk = scenes[i : i + 16]
-        images = pipe([caption(s) for s in chunk], num_inference_steps=steps, guidance_scale=guidance, height=64,
-                      width=64, output_type="np", generator=torch.Generator().manual_seed(i)).images
-        for scene, image in zip(chunk, images):
-            for attribute, ok in score(scene, read_scene(image)).items():
-                right[attribute] = right.get(attribute, 0) + ok
-    return {attribute: round(count / len(scenes), 3) for attribute, count in right.items()}
+    images = np.concatenate([
+        pipe([caption(s) for s in scenes[i : i + 16]], num_inference_steps=steps, guidance_scale=guidance, height=64,
+             width=64, output_type="np", generator=torch.Generator().manual_seed(i)).images
+        for i in range(0, len(scenes), 16)
+    ])
+    return _rounded(accuracy(scenes, images))
 
 
 def _reconstruction_accuracy(vae, scenes, device) -> dict[str, float]:
@@ -170,11 +167,12 @@ def _reconstruction_accuracy(vae, scenes, device) -> dict[str, float]:
     with torch.no_grad():
         decoded = vae.decode(vae.encode(_images(scenes, device)).latent_dist.mode()).sample
     images = ((decoded.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
-    right: dict[str, int] = {}
-    for scene, image in zip(scenes, images):
-        for attribute, ok in score(scene, read_scene(image)).items():
-            right[attribute] = right.get(attribute, 0) + ok
-    return {attribute: round(count / len(scenes), 3) for attribute, count in right.items()}
+    return _rounded(accuracy(scenes, images))
+
+
+def _rounded(shares: dict[str, float]) -> dict[str, float]:
+    """The per-attribute shares, as the training record keeps them."""
+    return {attribute: round(share, 3) for attribute, share in shares.items() if attribute in ATTRIBUTES}
 
 
 def _images(scenes, device) -> torch.Tensor:
