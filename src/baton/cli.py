@@ -31,7 +31,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.handler(args)
     except (BatonError, ModelLoadError, ValueError) as exc:
-        console.print(f"[bold red]error:[/] {exc}", highlight=False)
+        console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)  # whole, for grep and logs
         return 2
 
 
@@ -97,6 +97,9 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--out", type=Path, required=True, help="folder to save the pipeline to")
     train.add_argument("--vae-minutes", type=float, default=7.0)
     train.add_argument("--unet-minutes", type=float, default=33.0)
+    train.add_argument("--tiny-vae-minutes", type=float, default=2.0)
+    train.add_argument("--tiny-vae-only", action="store_true",
+                       help="only train the tiny autoencoder of the model already saved in --out (into its vae_tiny)")
     train.add_argument("--batch", type=int, default=32)
     train.add_argument("--scenes", type=int, default=20_000, help="training scenes encoded to latents")
     train.add_argument("--eval-prompts", type=int, default=64, help="held-out captions scored at the end")
@@ -236,11 +239,20 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _train_shapes(args: argparse.Namespace) -> int:
-    from baton.shapes.train import train_shapes
+    from baton.shapes.train import train_shapes, train_tiny_vae
 
-    record = train_shapes(args.out, vae_minutes=args.vae_minutes, unet_minutes=args.unet_minutes, batch=args.batch,
-                          latent_scenes=args.scenes, seed=args.seed, eval_prompts=args.eval_prompts,
-                          log=lambda line: console.print(line, highlight=False))
+    log = lambda line: console.print(line, highlight=False)  # noqa: E731
+    if args.tiny_vae_only:
+        if not (args.out / "vae" / "config.json").is_file():
+            raise ValueError(f"`--out` {str(args.out)!r} holds no saved model (no vae/config.json); "
+                             "--tiny-vae-only trains the tiny autoencoder of a model train-shapes saved there")
+        record = train_tiny_vae(args.out, minutes=args.tiny_vae_minutes, seed=args.seed, log=log)
+        console.print(f"tiny VAE reconstructions read back {record['reconstruction']}; saved to {args.out}",
+                      highlight=False, soft_wrap=True)
+        return 0
+    record = train_shapes(args.out, vae_minutes=args.vae_minutes, unet_minutes=args.unet_minutes,
+                          tiny_vae_minutes=args.tiny_vae_minutes, batch=args.batch, latent_scenes=args.scenes,
+                          seed=args.seed, eval_prompts=args.eval_prompts, log=log)
     console.print(f"held-out accuracy {record['eval']}; saved to {args.out}", highlight=False)
     return 0
 

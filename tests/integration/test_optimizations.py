@@ -81,6 +81,46 @@ def test_the_tiny_autoencoder_decodes_in_both_modes(model):
     assert float(np.abs(staged.pixels - stacked.pixels).max()) <= 1e-5
 
 
+def test_a_vae_that_upsamples_by_another_factor_is_refused(tmp_path):
+    from diffusers import AutoencoderTiny
+
+    AutoencoderTiny(encoder_block_out_channels=(8, 8, 8), decoder_block_out_channels=(8, 8, 8),
+                    num_encoder_blocks=(1, 1, 1), num_decoder_blocks=(1, 1, 1)).save_pretrained(tmp_path / "x4")
+    with pytest.raises(ValueError, match=r"`vae` '.*x4' upsamples latents 4x and the model's own VAE 8x"):
+        Engine(models="tiny-sd15", device="cpu", optimizations=OptimizationConfig(vae=str(tmp_path / "x4")))
+
+
+def test_tiny_means_the_models_own_trained_tiny_autoencoder(caplog):
+    """``shapes`` ships one (4x, not the published 8x): it is what ``tiny`` loads, with no warning, and it draws
+    the scene (read by the detector: colour and count, which it kept on every held-out prompt in the bench)."""
+    from baton.shapes.demo import DEMO_SCENES
+    from baton.shapes.detector import read_scene, score
+    from baton.shapes.scenes import caption
+
+    scene = DEMO_SCENES[0]
+    request = GenerationRequest(prompt=caption(scene), steps=30, seed=0, output_format="np")
+    with caplog.at_level("WARNING", logger="baton.optim.apply"):
+        result, described = generate(OptimizationConfig(vae="tiny"), "shapes", request)
+    assert any(line.startswith("vae replaced by ") and line.endswith("vae_tiny (AutoencoderTiny, float32)")
+               for line in described["optimizations"])
+    assert result.pixels.shape == (1, 64, 64, 3) and "random weights" not in caplog.text
+    check = score(scene, read_scene(result.pixels[0]))
+    assert check["colour"] and check["count"], (caption(scene), check)
+
+
+def test_random_tiny_weights_on_a_trained_model_are_warned_about(tmp_path, caplog):
+    import shutil
+
+    from baton.models.registry import EMBEDDED_MODELS
+
+    folder = tmp_path / "shapes"
+    shutil.copytree(EMBEDDED_MODELS["shapes"], folder, ignore=shutil.ignore_patterns("vae_tiny"))
+    with caplog.at_level("WARNING", logger="baton.optim.apply"):
+        result, described = generate(OptimizationConfig(vae="taesd"), str(folder))
+    assert "vae replaced by taesd (AutoencoderTiny, float32, random weights)" in described["optimizations"]
+    assert "has random weights" in caplog.text and result.pixels.shape == (2, 64, 64, 3)
+
+
 def test_an_unreadable_vae_is_refused_at_start(tmp_path):
     with pytest.raises(ValueError, match="`vae` '.*' is not a built-in VAE"):
         Engine(models="tiny-sd15", device="cpu", optimizations=OptimizationConfig(vae=str(tmp_path / "missing")))

@@ -106,7 +106,7 @@ def quality_rows(settings: QualitySettings, device_type: str) -> list[Row]:
         row("channels_last", dataclasses.replace(plain, channels_last=True)),
         row("VAE slicing", dataclasses.replace(plain, vae_slicing=True)),
         row("VAE tiling", dataclasses.replace(plain, vae_tiling=True)),
-        row("tiny autoencoder (random weights)", dataclasses.replace(plain, vae="tiny")),
+        row("tiny autoencoder", dataclasses.replace(plain, vae="tiny")),  # the model's own if it has one
     ]
     rows += [row(f"sampler {name}", kind="sampler", scheduler=name) for name in ("euler", "dpmpp_2m")]
     rows += [Row(f"preset {name}", config, "preset") for name, config in preset_configs(base, device_type,
@@ -144,7 +144,7 @@ def run_quality(settings: QualitySettings, log=logger.info) -> dict:
                 result.update(accuracy(scenes, pixels))
                 result.update(drift(reference, pixels))
                 log("    " + ", ".join(f"{a} {result['accuracy'][a]:.1%}" for a in ("colour", "shape", "count"))
-                    + f"; PSNR {result['psnr_db'] if result['psnr_db'] is not None else 'identical'}"
+                    + f"; PSNR {_psnr_text(result)}"
                     + f"; {result['images_per_s']:.1f} images/s")
             else:
                 log(f"    {result['status']}: {result['reason'].splitlines()[0]}")
@@ -163,6 +163,12 @@ def run_quality(settings: QualitySettings, log=logger.info) -> dict:
 def accuracy(scenes: list[Scene], pixels: np.ndarray) -> dict[str, Any]:
     """Per attribute, the share of images the detector reads as the prompt says; and all of colour, shape, count."""
     return {"accuracy": {name: round(share, 4) for name, share in detector_accuracy(scenes, pixels).items()}}
+
+
+def _psnr_text(result: dict) -> str:
+    if result["identical"]:
+        return "identical"
+    return "n/a (other image size)" if result["psnr_db"] is None else f"{result['psnr_db']:.1f} dB"
 
 
 def drift(reference: np.ndarray | None, pixels: np.ndarray) -> dict[str, float | None]:

@@ -93,6 +93,7 @@ def _load_pretrained(source: str, device: torch.device, dtype: torch.dtype, name
     pipeline = runner_class.pipeline_class.from_pretrained(source, torch_dtype=dtype, **extra)
     pipeline.to(device)
     runner = runner_class(name, pipeline, device, dtype)
+    runner.source = source
     if "guidance_scale" in defaults:
         runner.default_guidance_scale = defaults["guidance_scale"]
     return runner

@@ -96,6 +96,8 @@ class ModelRunner(ABC):
     def __init__(self, name: str, pipeline: DiffusionPipeline, device: torch.device, dtype: torch.dtype) -> None:
         self.name = name
         self.pipeline = pipeline
+        self.source: str | None = None
+        """The folder or hub id the weights came from; ``None`` for a random-weight built-in."""
         self.device = device
         self.dtype = dtype
         self.schedulers = SchedulerFactory(pipeline.scheduler, self.scheduler_config_fixes)
@@ -131,7 +133,9 @@ class ModelRunner(ABC):
     # -- shapes ---------------------------------------------------------------------------------------------------
     @property
     def vae_scale_factor(self) -> int:
-        return 2 ** (len(self.pipeline.vae.config.block_out_channels) - 1)
+        """The model's own VAE's (diffusers computes it once, from the VAE it was built with; a replacement VAE
+        must match it)."""
+        return self.pipeline.vae_scale_factor
 
     @property
     def latent_channels(self) -> int:

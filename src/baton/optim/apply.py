@@ -30,7 +30,7 @@ from baton.optim.compile import (
 from baton.optim.memory import ModelOffload, sequential_offload, vae_slicing_and_tiling
 from baton.optim.precision import component_dtype, set_text_encoder_dtype, set_vae_dtype, text_encoders
 from baton.optim.prompt_cache import PromptCache
-from baton.optim.vae import check_vae_fits, load_vae, resolve_vae_name
+from baton.optim.vae import BUILTIN_VAES, check_vae_fits, load_vae, resolve_vae_name
 from baton.request import GenerationRequest
 
 logger = logging.getLogger(__name__)
@@ -91,9 +91,13 @@ def apply_optimizations(
     text_dtype = component_dtype("text_encoder_dtype", opts.text_encoder_dtype, runner.dtype, device)
     _add(applied, set_text_encoder_dtype(runner, text_dtype))
     if opts.vae is not None:  # 2. a replacement VAE (the tiny autoencoder, or an fp16-safe one)
-        vae_name = resolve_vae_name(opts.vae, runner.family)
-        vae = load_vae(vae_name, device, torch.float32)
-        check_vae_fits(vae, runner.latent_channels, vae_name)
+        vae_name = resolve_vae_name(opts.vae, runner.family, runner.source)
+        vae = load_vae(vae_name, device, torch.float32, runner.vae_scale_factor)
+        check_vae_fits(vae, runner.latent_channels, runner.vae_scale_factor, vae_name)
+        if vae_name in BUILTIN_VAES and runner.source is not None:
+            logger.warning("`vae` %r has random weights and %s's are trained: its images will be noise. Give a "
+                           "folder or hub id with trained weights (e.g. madebyollin/taesd) to measure quality too",
+                           opts.vae, runner.name)
         vae_dtype = component_dtype("vae_dtype", opts.vae_dtype, runner.dtype, device)
         if opts.vae_dtype == "auto" and vae_dtype == torch.float16 and getattr(vae.config, "force_upcast", False):
             vae_dtype = torch.float32  # as for the model's own VAE: this one says it overflows in float16
@@ -101,7 +105,9 @@ def apply_optimizations(
             vae.to(dtype=vae_dtype)
         runner.vae = vae
         pipeline.register_modules(vae=vae)  # the stacked baseline decodes with it too
-        applied.append(f"vae replaced by {vae_name} ({type(vae).__name__}, {str(vae.dtype).removeprefix('torch.')})")
+        weights = ", random weights" if vae_name in BUILTIN_VAES else ""
+        applied.append(f"vae replaced by {vae_name} ({type(vae).__name__}, {str(vae.dtype).removeprefix('torch.')}"
+                       f"{weights})")
     elif opts.vae_dtype != "auto":
         _add(applied, set_vae_dtype(runner, component_dtype("vae_dtype", opts.vae_dtype, runner.dtype, device)))
     elif runner.vae is not pipeline.vae:

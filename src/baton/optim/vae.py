@@ -2,7 +2,11 @@
 
 ``taesd`` and ``taesdxl`` are the published architectures of madebyollin's tiny autoencoders (SD1.x and SDXL
 latents); they share one architecture and differ only in weights, so both are ``AutoencoderTiny()``'s defaults.
-Built here with random weights, they decode noise, but their cost and memory equal the real ones'.
+Built here with random weights, they decode noise, but their cost and memory equal the real ones'. For a model
+whose VAE upsamples by another factor than 8, the built-in is the same design with one level more or fewer.
+
+``tiny`` means the model's own trained tiny autoencoder when its folder has one (a ``vae_tiny`` subfolder, as
+``baton train-shapes`` writes), and the random-weight built-in otherwise.
 """
 
 from __future__ import annotations
@@ -10,6 +14,7 @@ from __future__ import annotations
 import logging
 import os
 import warnings
+from pathlib import Path
 
 import torch
 from diffusers import AutoencoderKL, AutoencoderTiny, ModelMixin
@@ -19,21 +24,45 @@ from baton.models.builtin import quiet_casts
 logger = logging.getLogger(__name__)
 
 BUILTIN_VAES: tuple[str, ...] = ("tiny", "taesd", "taesdxl")
-"""``tiny`` is the tiny autoencoder for the model's family: ``taesdxl`` for SDXL, ``taesd`` otherwise."""
+"""``tiny`` is the model's own tiny autoencoder if it ships one, else the one for the model's family:
+``taesdxl`` for SDXL, ``taesd`` otherwise."""
+TINY_VAE_SUBFOLDER = "vae_tiny"
+"""Where a model folder keeps its trained tiny autoencoder (not a diffusers convention: pipelines ignore it)."""
 
 
-def resolve_vae_name(name: str, family: str) -> str:
-    if name == "tiny":
-        return "taesdxl" if family == "sdxl" else "taesd"
-    return name
+def resolve_vae_name(name: str, family: str, model_source: str | None = None) -> str:
+    if name != "tiny":
+        return name
+    if model_source is not None and (Path(model_source) / TINY_VAE_SUBFOLDER / "config.json").is_file():
+        return str(Path(model_source) / TINY_VAE_SUBFOLDER)
+    return "taesdxl" if family == "sdxl" else "taesd"
 
 
-def load_vae(name: str, device: torch.device, dtype: torch.dtype) -> ModelMixin:
-    """``taesd`` / ``taesdxl`` (random weights), or a folder / hub id holding an AutoencoderTiny or AutoencoderKL."""
+def tiny_vae_architecture(upsampling: int = 8, channels: int = 64) -> dict[str, tuple[int, ...]]:
+    """``AutoencoderTiny`` arguments for a VAE that upsamples latents ``upsampling`` times (a power of 2): the
+    published design (``upsampling`` 8, ``channels`` 64 are its defaults) with one level per doubling."""
+    if upsampling < 2 or upsampling & (upsampling - 1):
+        raise ValueError(f"a tiny autoencoder upsamples by a power of 2, got {upsampling}")
+    levels = upsampling.bit_length()  # 8 -> 4 levels, 3 upsamplings
+    return {"encoder_block_out_channels": (channels,) * levels, "decoder_block_out_channels": (channels,) * levels,
+            "num_encoder_blocks": (1,) + (3,) * (levels - 1), "num_decoder_blocks": (3,) * (levels - 1) + (1,)}
+
+
+def upsampling_factor(vae: ModelMixin) -> int:
+    """How many pixels one latent becomes along each side when ``vae`` decodes."""
+    config = vae.config
+    if isinstance(vae, AutoencoderTiny):
+        return config.upsampling_scaling_factor ** (len(config.decoder_block_out_channels) - 1)
+    return 2 ** (len(config.block_out_channels) - 1)
+
+
+def load_vae(name: str, device: torch.device, dtype: torch.dtype, upsampling: int = 8) -> ModelMixin:
+    """``taesd`` / ``taesdxl`` (random weights, built for ``upsampling``), or a folder / hub id holding an
+    AutoencoderTiny or AutoencoderKL."""
     if name in BUILTIN_VAES:
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
             torch.manual_seed(0)
-            vae = AutoencoderTiny()
+            vae = AutoencoderTiny(**tiny_vae_architecture(upsampling))
     else:
         vae = _load_pretrained(name)
     with quiet_casts():
@@ -58,10 +87,15 @@ def _load_pretrained(name: str) -> ModelMixin:
     return classes[class_name].from_pretrained(name)
 
 
-def check_vae_fits(vae: ModelMixin, latent_channels: int, name: str) -> None:
-    """A replacement must decode the model's latents."""
+def check_vae_fits(vae: ModelMixin, latent_channels: int, upsampling: int, name: str) -> None:
+    """A replacement must decode the model's latents to the size the request asked for."""
     channels = vae.config.latent_channels
     if channels != latent_channels:
         raise ValueError(
             f"`vae` {name!r} decodes {channels}-channel latents and the model makes {latent_channels}-channel ones"
+        )
+    if upsampling_factor(vae) != upsampling:
+        raise ValueError(
+            f"`vae` {name!r} upsamples latents {upsampling_factor(vae)}x and the model's own VAE {upsampling}x: its "
+            "images would not have the size a request asks for"
         )

@@ -8,8 +8,13 @@
    CPU's few thousand steps: Min-SNR-5 loss weights (Hang et al. 2023: the noisiest steps stop dominating), a
    learning rate that warms up then decays along a cosine over the budget, and an exponential moving average of
    the weights, which is what gets saved.
-4. The prompt accuracy on held-out captions is measured with the detector (and, as a check on step 1, on VAE
-   reconstructions), and the pipeline is saved in float16 safetensors (about 8 MB).
+4. A tiny autoencoder (``AutoencoderTiny``, the TAESD design at this model's 4x upsampling) learns to decode
+   the UNet's latents as the VAE does (and to encode images to them): what ``--vae tiny`` and the
+   ``max-throughput`` preset decode with. It is saved in the folder's ``vae_tiny``.
+5. The prompt accuracy on held-out captions is measured with the detector (and, as a check on steps 1 and 4, on
+   reconstructions), and the pipeline is saved in float16 safetensors (about 11 MB).
+
+``train_tiny_vae`` runs step 4 alone on a saved folder (``baton train-shapes --tiny-vae-only``).
 """
 
 from __future__ import annotations
@@ -23,9 +28,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from diffusers import AutoencoderKL, AutoencoderTiny
 from diffusers.training_utils import EMAModel
 
+from baton.models.builtin import quiet_casts
 from baton.models.registry import SERVING_DEFAULTS_FILE
+from baton.optim.vae import TINY_VAE_SUBFOLDER, tiny_vae_architecture, upsampling_factor
 from baton.request import DEFAULT_STEPS
 from baton.shapes.detector import ATTRIBUTES, accuracy
 from baton.shapes.model import build_pipeline, training_scheduler
@@ -39,13 +47,16 @@ the first full CPU run, 64 held-out prompts: colour/shape/count 100/94/91% at 1.
 2.0, 98/88/95% at 3.0, and 19/19/59% at 4.5: a model this small over-saturates at SD1.5's 7.5."""
 WARMUP_STEPS = 100
 MIN_SNR_GAMMA = 5.0
+TINY_VAE_CHANNELS = 32
+"""Half the published tiny autoencoder's width: this VAE's own widest level has 64 channels."""
 
 
-def train_shapes(out_dir: Path, vae_minutes: float = 7.0, unet_minutes: float = 33.0, batch: int = 32,
-                 vae_batch: int = 16, latent_scenes: int = 20_000, seed: int = 0, eval_prompts: int = 64,
-                 device: str | None = None, log: Callable[[str], None] = logger.info) -> dict:
+def train_shapes(out_dir: Path, vae_minutes: float = 7.0, unet_minutes: float = 33.0, tiny_vae_minutes: float = 2.0,
+                 batch: int = 32, vae_batch: int = 16, latent_scenes: int = 20_000, seed: int = 0,
+                 eval_prompts: int = 64, device: str | None = None,
+                 log: Callable[[str], None] = logger.info) -> dict:
     """Train, evaluate and save; returns the training record (also written to ``out_dir/training.json``)."""
-    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = _device(device)
     torch.manual_seed(seed)
     pipe = build_pipeline(seed).to(device)
     record: dict = {"seed": seed, "batch": batch, "device": device.type, "torch_threads": torch.get_num_threads()}
@@ -67,15 +78,50 @@ def train_shapes(out_dir: Path, vae_minutes: float = 7.0, unet_minutes: float = 
 
     record |= _train_denoiser(pipe, latents * scaling, [caption(s) for s in scenes], unet_minutes, batch, seed,
                               device, log, started)
+    tiny_vae, record["tiny_vae"] = _train_tiny_vae(pipe.vae, tiny_vae_minutes, vae_batch, seed, device, log)
     record["eval"] = evaluate(pipe, sample_scenes(eval_prompts, seed=7, held_out=True))
     record["eval_settings"] = {"steps": DEFAULT_STEPS, "guidance": SERVING_GUIDANCE, "prompts": eval_prompts}
     record["train_seconds"] = round(time.perf_counter() - started, 1)
     log(f"held-out accuracy: {record['eval']}")
     out_dir.mkdir(parents=True, exist_ok=True)
     pipe.to("cpu", torch.float16).save_pretrained(out_dir, safe_serialization=True)
+    _save_tiny_vae(tiny_vae, out_dir)
     (out_dir / "training.json").write_text(json.dumps(record, indent=2) + "\n")
     (out_dir / SERVING_DEFAULTS_FILE).write_text(json.dumps({"guidance_scale": SERVING_GUIDANCE}) + "\n")
     return record
+
+
+def train_tiny_vae(model_dir: Path, minutes: float = 2.0, batch: int = 16, seed: int = 0, device: str | None = None,
+                   log: Callable[[str], None] = logger.info) -> dict:
+    """Step 4 alone: train the tiny autoencoder of the shapes model saved in ``model_dir``, save it in its
+    ``vae_tiny`` and add its record to ``training.json``; returns that record."""
+    device = _device(device)
+    vae = AutoencoderKL.from_pretrained(model_dir, subfolder="vae", torch_dtype=torch.float32).to(device).eval()
+    tiny_vae, tiny_record = _train_tiny_vae(vae.requires_grad_(False), minutes, batch, seed, device, log)
+    _save_tiny_vae(tiny_vae, model_dir)
+    record_path = model_dir / "training.json"
+    record = json.loads(record_path.read_text()) if record_path.is_file() else {}
+    record["tiny_vae"] = tiny_record
+    record_path.write_text(json.dumps(record, indent=2) + "\n")
+    return tiny_record
+
+
+def _save_tiny_vae(tiny_vae: AutoencoderTiny, model_dir: Path) -> None:
+    with quiet_casts():  # diffusers warns about any float16 cast of an AutoencoderTiny
+        tiny_vae.to("cpu", torch.float16)
+    tiny_vae.save_pretrained(model_dir / TINY_VAE_SUBFOLDER, safe_serialization=True)
+
+
+def _device(name: str | None) -> torch.device:
+    return torch.device(name or ("cuda" if torch.cuda.is_available() else "cpu"))
+
+
+def _object_weighted_error(decoded: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
+    """L1 + L2, with the objects (and a pixel around them) weighed 10x: they are a few percent of the pixels, and
+    unweighted a decoder learns the black background first and the colours last; L1 on top of L2 sharpens edges."""
+    error = decoded - images
+    weights = 1 + 9 * torch.nn.functional.max_pool2d((images.amax(dim=1, keepdim=True) > -0.5).float(), 3, 1, 1)
+    return (weights * (error.pow(2) + error.abs())).mean() / weights.mean()
 
 
 def _train_vae(vae, minutes: float, batch: int, device, log) -> dict:
@@ -86,11 +132,7 @@ def _train_vae(vae, minutes: float, batch: int, device, log) -> dict:
         _set_learning_rates(optimizer, step, progress)
         images = _images(sample_scenes(batch, scene_seed + step), device)
         posterior = vae.encode(images).latent_dist
-        error = vae.decode(posterior.sample()).sample - images
-        # the objects are a few percent of the pixels: weigh them (and a pixel around them) 10x, or the VAE
-        # learns the black background first and the colours last; L1 on top of L2 sharpens the edges
-        weights = 1 + 9 * torch.nn.functional.max_pool2d((images.amax(dim=1, keepdim=True) > -0.5).float(), 3, 1, 1)
-        loss = (weights * (error.pow(2) + error.abs())).mean() / weights.mean() + 1e-6 * posterior.kl().mean()
+        loss = _object_weighted_error(vae.decode(posterior.sample()).sample, images) + 1e-6 * posterior.kl().mean()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -99,6 +141,41 @@ def _train_vae(vae, minutes: float, batch: int, device, log) -> dict:
             log(f"vae step {step}: loss {loss.item():.5f}")
     vae.eval().requires_grad_(False)
     return {"vae_steps": step, "vae_loss": round(loss.item(), 6)}
+
+
+def _train_tiny_vae(vae, minutes: float, batch: int, seed: int, device, log) -> tuple[AutoencoderTiny, dict]:
+    """Distil the trained VAE into a tiny autoencoder: its decoder maps the VAE's scaled latents (what the UNet
+    makes) to the scene, its encoder maps the scene to them."""
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(seed)
+        tiny = AutoencoderTiny(**tiny_vae_architecture(upsampling_factor(vae), channels=TINY_VAE_CHANNELS))
+    tiny = tiny.to(device).train()
+    optimizer = torch.optim.AdamW(tiny.parameters(), lr=2e-3)
+    scaling = vae.config.scaling_factor
+    step, started, scene_seed = 0, time.perf_counter(), 50_000
+    while (progress := (time.perf_counter() - started) / (60 * minutes)) < 1:
+        _set_learning_rates(optimizer, step, progress)
+        images = _images(sample_scenes(batch, scene_seed + step), device)
+        with torch.no_grad():
+            posterior = vae.encode(images).latent_dist
+        # decode samples, as the VAE learned to (the UNet's latents are no exact modes either); encode to modes
+        decoding = _object_weighted_error(tiny.decode(posterior.sample() * scaling).sample, images)
+        loss = decoding
+        if step % 4 == 0:  # serving only decodes: the encoder (an easier regression) gets a quarter of the steps
+            encoding = (tiny.encode(images).latents - posterior.mode() * scaling).pow(2).mean()
+            loss = loss + encoding
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        step += 1
+        if step % 100 == 0:
+            log(f"tiny vae step {step}: decode loss {decoding.item():.5f}, encode loss {encoding.item():.5f}")
+    tiny.eval().requires_grad_(False)
+    record = {"steps": step, "decode_loss": round(decoding.item(), 6), "encode_loss": round(encoding.item(), 6),
+              "parameters": sum(p.numel() for p in tiny.parameters()),
+              "reconstruction": _reconstruction_accuracy(vae, sample_scenes(128, seed=3), device, decoder=tiny)}
+    log(f"tiny VAE decodes the VAE's latents of held-out scenes, read back: {record['reconstruction']}")
+    return tiny, record
 
 
 def _train_denoiser(pipe, latents, captions, minutes: float, batch: int, seed: int, device, log, started) -> dict:
@@ -162,10 +239,15 @@ def evaluate(pipe, scenes, steps: int = DEFAULT_STEPS, guidance: float = SERVING
     return _rounded(accuracy(scenes, images))
 
 
-def _reconstruction_accuracy(vae, scenes, device) -> dict[str, float]:
-    """How much of each scene survives encode + decode, read by the detector: the ceiling for the whole model."""
+def _reconstruction_accuracy(vae, scenes, device, decoder=None) -> dict[str, float]:
+    """How much of each scene survives ``vae``'s encode and the decode (``vae``'s own, or ``decoder``'s from the
+    scaled latents), read by the detector: the ceiling for the whole model."""
     with torch.no_grad():
-        decoded = vae.decode(vae.encode(_images(scenes, device)).latent_dist.mode()).sample
+        latents = vae.encode(_images(scenes, device)).latent_dist.mode()
+        if decoder is None:
+            decoded = vae.decode(latents).sample
+        else:
+            decoded = decoder.decode(latents * vae.config.scaling_factor).sample
     images = ((decoded.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
     return _rounded(accuracy(scenes, images))
 
