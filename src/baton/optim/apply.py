@@ -95,9 +95,9 @@ def apply_optimizations(
         vae = load_vae(vae_name, device, torch.float32, runner.vae_scale_factor)
         check_vae_fits(vae, runner.latent_channels, runner.vae_scale_factor, vae_name)
         if vae_name in BUILTIN_VAES and runner.source is not None:
-            logger.warning("`vae` %r has random weights and %s's are trained: its images will be noise. Give a "
-                           "folder or hub id with trained weights (e.g. madebyollin/taesd) to measure quality too",
-                           opts.vae, runner.name)
+            logger.warning("`vae` %r has random weights, but model %r has trained ones: its images will be noise. "
+                           "For quality as well as speed, give a folder or hub id with trained tiny weights (e.g. "
+                           "madebyollin/taesd)", opts.vae, runner.name)
         vae_dtype = component_dtype("vae_dtype", opts.vae_dtype, runner.dtype, device)
         if opts.vae_dtype == "auto" and vae_dtype == torch.float16 and getattr(vae.config, "force_upcast", False):
             vae_dtype = torch.float32  # as for the model's own VAE: this one says it overflows in float16

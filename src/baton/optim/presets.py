@@ -6,7 +6,8 @@
   ``baton bench optimizations``).
 - ``low-memory``: ``baseline`` + VAE slicing and tiling; on CUDA also model CPU offload.
 - ``max-throughput``: ``fast`` + the tiny autoencoder + 32 denoiser rows per forward. Lossy: the tiny
-  autoencoder trades detail for a much cheaper decode.
+  autoencoder trades detail for a much cheaper decode. It is the model's own trained one when the model folder
+  has one (``vae_tiny``), else random weights: noise, for speed tests only (see ``baton.optim.vae``).
 
 docs/optimizations.md has the table.
 """
