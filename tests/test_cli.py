@@ -38,6 +38,7 @@ def test_models_lists_builtins_with_parameter_counts(capsys):
     out = capsys.readouterr().out
     assert "sd15-random" in out and "1.07B" in out and "sdxl-random" in out and "3.47B" in out
     assert "tiny-sd15" in out and "tiny-sdxl" in out
+    assert "shapes" in out and "5.69M" in out  # its pipeline; its tiny autoencoder (another decoder) is apart
 
 
 def test_info_reports_versions_and_devices(capsys):

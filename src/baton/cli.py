@@ -296,13 +296,16 @@ def _print_timings(result, engine_info: dict) -> None:
 def _models(args: argparse.Namespace) -> int:
     from baton.models import SPECS
     from baton.models.registry import EMBEDDED_MODELS, embedded_parameter_counts
+    from baton.optim.vae import TINY_VAE_SUBFOLDER
 
     table = Table(title="built-in models (any diffusers SD1.x/SDXL folder or hub id loads too)")
     for column in ("name", "family", "parameters", "components", "description"):
         table.add_column(column, justify="right" if column == "parameters" else "left")
     for name in EMBEDDED_MODELS:
         counts = embedded_parameter_counts(name)
-        table.add_row(name, "sd15", _human(sum(counts.values())),
+        # the tiny autoencoder is listed, but it is a decoder to use instead of the VAE, not part of the pipeline
+        pipeline_total = sum(count for part, count in counts.items() if part != TINY_VAE_SUBFOLDER)
+        table.add_row(name, "sd15", _human(pipeline_total),
                       ", ".join(f"{part} {_human(count)}" for part, count in counts.items()),
                       "trained here (baton train-shapes): draws coloured shapes from captions, 64x64; the default")
     for spec in SPECS.values():
