@@ -108,6 +108,16 @@ def test_tiny_means_the_models_own_trained_tiny_autoencoder(caplog):
     assert check["colour"] and check["count"], (caption(scene), check)
 
 
+def test_a_4x_tiny_autoencoder_tiles_as_it_decodes_whole():
+    """diffusers sizes a tiny autoencoder's tiles for 8x; baton sets them by the real factor (shapes' is 4x)."""
+    request = GenerationRequest(prompt="two small red circles at the top left on a black background", steps=4,
+                                seed=5, output_format="np")
+    whole, _ = generate(OptimizationConfig(vae="tiny"), "shapes", request)
+    tiled, described = generate(OptimizationConfig(vae="tiny", vae_tiling=True), "shapes", request)
+    assert any("tiling" in line for line in described["optimizations"])
+    assert tiled.pixels.shape == (1, 64, 64, 3) and np.abs(tiled.pixels - whole.pixels).max() <= 1e-5
+
+
 def test_random_tiny_weights_on_a_trained_model_are_warned_about(tmp_path, caplog):
     import shutil
 

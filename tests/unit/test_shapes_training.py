@@ -40,10 +40,15 @@ def test_tiny_vae_only_trains_the_tiny_autoencoder_of_a_saved_model(tmp_path, ca
 
     assert main(["train-shapes", "--out", str(tmp_path / "empty"), "--tiny-vae-only"]) == 2
     assert "holds no saved model" in capsys.readouterr().out
+    assert main(["train-shapes", "--out", str(tmp_path / "empty"), "--tiny-vae-minutes", "0"]) == 2
+    assert "`tiny_vae_minutes` (--tiny-vae-minutes) must be > 0 minutes, got 0.0" in capsys.readouterr().out
+    assert not (tmp_path / "empty").exists()  # refused before any training
     folder = tmp_path / "shapes"
     shutil.copytree(EMBEDDED_MODELS["shapes"], folder, ignore=shutil.ignore_patterns("vae_tiny"))
     before = json.loads((folder / "training.json").read_text())
+    del before["tiny_vae"]
+    (folder / "training.json").write_text(json.dumps(before))
     assert main(["train-shapes", "--out", str(folder), "--tiny-vae-only", "--tiny-vae-minutes", "0.01"]) == 0
     record = json.loads((folder / "training.json").read_text())
-    assert record["tiny_vae"]["steps"] >= 1 and record["eval"] == before["eval"]  # the rest of the record stays
+    assert record.pop("tiny_vae")["steps"] >= 1 and record == before  # the rest of the record stays
     assert (folder / "vae_tiny" / "diffusion_pytorch_model.safetensors").is_file()

@@ -6,7 +6,13 @@ import pytest
 import torch
 from diffusers import AutoencoderKL, AutoencoderTiny
 
-from baton.optim.vae import TINY_VAE_SUBFOLDER, resolve_vae_name, tiny_vae_architecture, upsampling_factor
+from baton.optim.vae import (
+    TINY_VAE_SUBFOLDER,
+    check_vae_fits,
+    resolve_vae_name,
+    tiny_vae_architecture,
+    upsampling_factor,
+)
 
 
 def test_the_published_tiny_autoencoder_is_the_8x_architecture():
@@ -42,3 +48,17 @@ def test_tiny_names_the_model_folders_own_tiny_autoencoder_if_it_has_one(tmp_pat
     (tmp_path / TINY_VAE_SUBFOLDER / "config.json").write_text("{}")
     assert resolve_vae_name("tiny", "sd15", str(tmp_path)) == str(tmp_path / TINY_VAE_SUBFOLDER)
     assert resolve_vae_name("taesd", "sd15", str(tmp_path)) == "taesd"  # an explicit name is taken as given
+
+
+def test_a_replacement_must_fit_the_models_latents():
+    tiny = AutoencoderTiny(**tiny_vae_architecture(4, channels=8))
+    check_vae_fits(tiny, latent_channels=4, upsampling=4, name="t")
+    with pytest.raises(ValueError, match="`vae` 't' upsamples latents 4x and the model's own VAE 8x"):
+        check_vae_fits(tiny, latent_channels=4, upsampling=8, name="t")
+    with pytest.raises(ValueError, match="`vae` 't' decodes 4-channel latents and the model makes 16-channel ones"):
+        check_vae_fits(tiny, latent_channels=16, upsampling=4, name="t")
+    # 8x in two levels of 8x would fit by size, but diffusers' stacked pipeline counts 2x per level
+    coarse = AutoencoderTiny(encoder_block_out_channels=(8, 8), decoder_block_out_channels=(8, 8),
+                             num_encoder_blocks=(1, 1), num_decoder_blocks=(1, 1), upsampling_scaling_factor=8)
+    with pytest.raises(ValueError, match="upsamples 8x per level"):
+        check_vae_fits(coarse, latent_channels=4, upsampling=8, name="t")

@@ -30,7 +30,7 @@ from baton.optim.compile import (
 from baton.optim.memory import ModelOffload, sequential_offload, vae_slicing_and_tiling
 from baton.optim.precision import component_dtype, set_text_encoder_dtype, set_vae_dtype, text_encoders
 from baton.optim.prompt_cache import PromptCache
-from baton.optim.vae import BUILTIN_VAES, check_vae_fits, load_vae, resolve_vae_name
+from baton.optim.vae import BUILTIN_VAES, TINY_VAE_SUBFOLDER, check_vae_fits, load_vae, resolve_vae_name
 from baton.request import GenerationRequest
 
 logger = logging.getLogger(__name__)
@@ -96,8 +96,10 @@ def apply_optimizations(
         check_vae_fits(vae, runner.latent_channels, runner.vae_scale_factor, vae_name)
         if vae_name in BUILTIN_VAES and runner.source is not None:
             logger.warning("`vae` %r has random weights, but model %r has trained ones: its images will be noise. "
-                           "For quality as well as speed, give a folder or hub id with trained tiny weights (e.g. "
-                           "madebyollin/taesd)", opts.vae, runner.name)
+                           "For quality as well as speed, give a folder or hub id with a tiny autoencoder trained "
+                           "for this model (%s), or put one in the model folder's %s/", opts.vae, runner.name,
+                           "madebyollin/taesdxl for SDXL" if runner.family == "sdxl" else "madebyollin/taesd for SD1.x",
+                           TINY_VAE_SUBFOLDER)
         vae_dtype = component_dtype("vae_dtype", opts.vae_dtype, runner.dtype, device)
         if opts.vae_dtype == "auto" and vae_dtype == torch.float16 and getattr(vae.config, "force_upcast", False):
             vae_dtype = torch.float32  # as for the model's own VAE: this one says it overflows in float16

@@ -65,6 +65,11 @@ def load_vae(name: str, device: torch.device, dtype: torch.dtype, upsampling: in
             vae = AutoencoderTiny(**tiny_vae_architecture(upsampling))
     else:
         vae = _load_pretrained(name)
+    if isinstance(vae, AutoencoderTiny):
+        # diffusers sizes an AutoencoderTiny's tiles as if it upsampled 8x (``2 ** out_channels``): with tiling
+        # on, a 4x one blended 64-pixel tiles into 128-pixel slots and failed. Size them by the real factor.
+        vae.spatial_scale_factor = upsampling_factor(vae)
+        vae.tile_latent_min_size = vae.tile_sample_min_size // vae.spatial_scale_factor
     with quiet_casts():
         vae.to(device=device, dtype=dtype)
     return vae.eval().requires_grad_(False)
@@ -94,6 +99,10 @@ def check_vae_fits(vae: ModelMixin, latent_channels: int, upsampling: int, name:
         raise ValueError(
             f"`vae` {name!r} decodes {channels}-channel latents and the model makes {latent_channels}-channel ones"
         )
+    if isinstance(vae, AutoencoderTiny) and vae.config.upsampling_scaling_factor != 2:
+        # diffusers' stacked pipeline reads a VAE's factor as 2 per level, so only that layout decodes right there
+        raise ValueError(f"`vae` {name!r} upsamples {vae.config.upsampling_scaling_factor}x per level; baton "
+                         "supports tiny autoencoders that upsample 2x per level (as published)")
     if upsampling_factor(vae) != upsampling:
         raise ValueError(
             f"`vae` {name!r} upsamples latents {upsampling_factor(vae)}x and the model's own VAE {upsampling}x: its "

@@ -56,6 +56,7 @@ def train_shapes(out_dir: Path, vae_minutes: float = 7.0, unet_minutes: float = 
                  eval_prompts: int = 64, device: str | None = None,
                  log: Callable[[str], None] = logger.info) -> dict:
     """Train, evaluate and save; returns the training record (also written to ``out_dir/training.json``)."""
+    _check_budgets(vae_minutes=vae_minutes, unet_minutes=unet_minutes, tiny_vae_minutes=tiny_vae_minutes)
     device = _device(device)
     torch.manual_seed(seed)
     pipe = build_pipeline(seed).to(device)
@@ -95,6 +96,7 @@ def train_tiny_vae(model_dir: Path, minutes: float = 2.0, batch: int = 16, seed:
                    log: Callable[[str], None] = logger.info) -> dict:
     """Step 4 alone: train the tiny autoencoder of the shapes model saved in ``model_dir``, save it in its
     ``vae_tiny`` and add its record to ``training.json``; returns that record."""
+    _check_budgets(tiny_vae_minutes=minutes)
     device = _device(device)
     vae = AutoencoderKL.from_pretrained(model_dir, subfolder="vae", torch_dtype=torch.float32).to(device).eval()
     tiny_vae, tiny_record = _train_tiny_vae(vae.requires_grad_(False), minutes, batch, seed, device, log)
@@ -110,6 +112,13 @@ def _save_tiny_vae(tiny_vae: AutoencoderTiny, model_dir: Path) -> None:
     with quiet_casts():  # diffusers warns about any float16 cast of an AutoencoderTiny
         tiny_vae.to("cpu", torch.float16)
     tiny_vae.save_pretrained(model_dir / TINY_VAE_SUBFOLDER, safe_serialization=True)
+
+
+def _check_budgets(**minutes: float) -> None:
+    """Before any training: a phase with no time would leave its model untrained (found out only at the end)."""
+    for name, value in minutes.items():
+        if not value > 0:
+            raise ValueError(f"`{name}` (--{name.replace('_', '-')}) must be > 0 minutes, got {value!r}")
 
 
 def _device(name: str | None) -> torch.device:
@@ -174,7 +183,7 @@ def _train_tiny_vae(vae, minutes: float, batch: int, seed: int, device, log) -> 
     record = {"steps": step, "decode_loss": round(decoding.item(), 6), "encode_loss": round(encoding.item(), 6),
               "parameters": sum(p.numel() for p in tiny.parameters()),
               "reconstruction": _reconstruction_accuracy(vae, sample_scenes(128, seed=3), device, decoder=tiny)}
-    log(f"tiny VAE decodes the VAE's latents of held-out scenes, read back: {record['reconstruction']}")
+    log(f"tiny VAE decodes of the VAE's latents of fresh scenes, read back: {record['reconstruction']}")
     return tiny, record
 
 
