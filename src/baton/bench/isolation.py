@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import multiprocessing
 import resource
+import time
+import traceback
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from typing import Any
@@ -22,6 +24,21 @@ def run_isolated(function: Callable[..., dict[str, Any]], *args: Any, timeout_s:
             for process in list(getattr(pool, "_processes", {}).values()):
                 process.kill()
             return {"status": "failed", "reason": f"{type(exc).__name__}: {exc}"}
+
+
+def start_engine(config: EngineConfig) -> tuple[Any, float, dict[str, Any] | None]:
+    """In a row's process: ``(engine, seconds to ready, None)``, or ``(None, 0.0, row)`` where the engine did not
+    start: a ``skipped`` row when it refused an option for this device, a ``failed`` one for any other error."""
+    from baton.engine import Engine
+
+    started = time.perf_counter()
+    try:
+        engine = Engine(config)
+    except ValueError as exc:  # the engine refused an option for this device: the row does not apply
+        return None, 0.0, {"status": "skipped", "reason": str(exc)}
+    except Exception:
+        return None, 0.0, {"status": "failed", "reason": traceback.format_exc()}
+    return engine, time.perf_counter() - started, None
 
 
 def refusal(config: EngineConfig, device) -> str | None:

@@ -14,7 +14,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import tempfile
-import time
 import traceback
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -23,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from baton.bench.image_metrics import psnr_db
-from baton.bench.isolation import peak_rss_bytes, refusal, run_isolated
+from baton.bench.isolation import peak_rss_bytes, refusal, run_isolated, start_engine
 from baton.bench.machine import describe_machine
 from baton.config import CompileConfig, EngineConfig, OptimizationConfig, PromptCacheConfig
 from baton.optim.presets import LOSSLESS_PRESETS, PRESETS, preset_config
@@ -189,18 +188,11 @@ def _measure_row(config: EngineConfig, settings: OptimizationSettings, pixels_pa
     """In the row's own process: build the engine, generate ``iterations`` times, save the last images."""
     import torch
 
-    from baton.engine import Engine
-
     logging.basicConfig(level=logging.WARNING)
     rss_at_start = peak_rss_bytes()
-    started = time.perf_counter()
-    try:
-        engine = Engine(config)
-    except ValueError as exc:  # the engine refused an option for this device: the row does not apply
-        return {"status": "skipped", "reason": str(exc)}
-    except Exception:
-        return {"status": "failed", "reason": traceback.format_exc()}
-    ready_s = time.perf_counter() - started
+    engine, ready_s, not_started = start_engine(config)
+    if not_started:
+        return not_started
     try:
         with engine:
             cuda = engine.device.type == "cuda"

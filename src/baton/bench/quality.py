@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from baton.bench.image_metrics import psnr_db, ssim
-from baton.bench.isolation import refusal, run_isolated
+from baton.bench.isolation import refusal, run_isolated, start_engine
 from baton.bench.machine import describe_machine
 from baton.bench.optimizations import preset_configs
 from baton.config import CompileConfig, EngineConfig, OptimizationConfig, PromptCacheConfig
@@ -196,18 +196,11 @@ def add_deltas(results: list[dict]) -> None:
 
 def _draw_row(row: Row, settings: QualitySettings, pixels_path: str) -> dict[str, Any]:
     """In the row's own process: every prompt through one engine, submitted together; the images saved."""
-    from baton.engine import Engine
-
     logging.basicConfig(level=logging.WARNING)
     scenes = quality_prompts(settings)
-    started = time.perf_counter()
-    try:
-        engine = Engine(row.config)
-    except ValueError as exc:  # the engine refused an option for this device
-        return {"status": "skipped", "reason": str(exc)}
-    except Exception:
-        return {"status": "failed", "reason": traceback.format_exc()}
-    ready_s = time.perf_counter() - started
+    engine, ready_s, not_started = start_engine(row.config)
+    if not_started:
+        return not_started
     try:
         with engine:
             started = time.perf_counter()
