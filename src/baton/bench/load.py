@@ -84,8 +84,10 @@ def summarize(mode: str, outcomes: list[tuple[float, float, int | str]], setting
     percentile = (lambda q: round(float(np.percentile(accepted, q)), 4) if accepted else None)  # noqa: E731
     return {
         "mode": mode,
-        "capacity_rps": round(capacity, 3),
-        "offered_rps": round(rate, 3),
+        # significant digits, not decimals: on a slow machine the capacity is ~0.1 req/s, where 3 decimals
+        # would be a 0.5% error and the offered rate would no longer read as exactly N x the capacity
+        "capacity_rps": float(f"{capacity:.6g}"),
+        "offered_rps": float(f"{rate:.6g}"),
         "sent": len(outcomes),
         "accepted": len(accepted),
         "rejected": rejected,
