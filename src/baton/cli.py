@@ -133,7 +133,7 @@ def _size(text: str) -> tuple[int, int]:
 
 
 def _generate(args: argparse.Namespace) -> int:
-    from baton import Engine, GenerationRequest
+    from baton import GenerationRequest
 
     width, height = args.size if args.size else (None, None)
     request = GenerationRequest(
@@ -364,6 +364,7 @@ def _info(args: argparse.Namespace) -> int:
                             show_header=False)
             for line in model["optimizations"]:
                 applied.add_row(line)
+            applied.add_row(f"samplers: {', '.join(model['schedulers'])}")
             console.print(applied)
     return 0
 

@@ -179,7 +179,11 @@ class Engine:
                     runner.default_guidance_scale if request.guidance_scale is None else request.guidance_scale
                 ),
             )
-        validate_request(request, self.config.limits, tuple(self.runners), SCHEDULER_NAMES)
+        if runner is None:
+            validate_request(request, self.config.limits, tuple(self.runners), SCHEDULER_NAMES)
+        else:
+            validate_request(request, self.config.limits, tuple(self.runners), runner.schedulers.names,
+                             runner.schedulers.unsupported)
         return request
 
     # -- state ----------------------------------------------------------------------------------------------------

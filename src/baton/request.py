@@ -87,9 +87,12 @@ def validate_request(
     limits: RequestLimits,
     models: tuple[str, ...],
     schedulers: tuple[str, ...],
+    unsupported_schedulers: dict[str, str] | None = None,
 ) -> None:
     """Refuse a request that cannot be served, naming the field, the value and what is allowed.
 
+    ``schedulers``: the sampler names the request's model can use; ``unsupported_schedulers``: the names it
+    cannot, with the reason (told to the user rather than a bare "must be one of").
     ``width``/``height``/``guidance_scale`` must already be resolved to the model's defaults when ``None``.
     """
     # 1. routing: the model decides every default, so an unknown one is the first thing to report
@@ -126,7 +129,9 @@ def validate_request(
     )
     _check(request.seed is None or (_is_int(request.seed) and 0 <= request.seed <= MAX_SEED), "seed",
            request.seed, f"must be None or an integer between 0 and {MAX_SEED}")
-    _check(request.scheduler in schedulers, "scheduler", request.scheduler, f"must be one of {list(schedulers)}")
+    why_not = (unsupported_schedulers or {}).get(request.scheduler)
+    _check(request.scheduler in schedulers, "scheduler", request.scheduler,
+           f"must be one of {list(schedulers)}" + (f" ({request.model!r}: {why_not})" if why_not else ""))
     _check(_is_int(request.priority) and abs(request.priority) <= limits.max_priority, "priority",
            request.priority, f"must be an integer between {-limits.max_priority} and {limits.max_priority}")
     # 5. output

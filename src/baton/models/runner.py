@@ -313,6 +313,7 @@ class ModelRunner(ABC):
             "device": str(self.device),
             "dtype": str(self.dtype).removeprefix("torch."),
             "default_size": self.default_size,
+            "schedulers": list(self.schedulers.names),
             "batch_invariant": self.batch_invariant,
             "parameters": parameters,
             "optimizations": list(self.optimizations),

@@ -7,6 +7,7 @@ gets its own copy, made from one template per (model, sampler) built at first us
 from __future__ import annotations
 
 import copy
+import inspect
 import threading
 
 from diffusers import (
@@ -31,6 +32,21 @@ SCHEDULER_CLASSES: dict[str, type[SchedulerMixin] | None] = {
     "heun": HeunDiscreteScheduler,
 }
 SCHEDULER_NAMES: tuple[str, ...] = tuple(SCHEDULER_CLASSES)
+ZERO_TERMINAL_SNR = "rescale_betas_zero_snr"
+"""The config key of a noise schedule rescaled to end at pure noise (Lin et al. 2023). A model trained on it is
+sampled wrongly by a sampler class that lacks the key (PNDM, Heun): from_config would silently drop the rescale."""
+
+
+def unsupported_samplers(config) -> dict[str, str]:
+    """Sampler names that cannot sample a model with this scheduler config, each with the reason."""
+    if not config.get(ZERO_TERMINAL_SNR, False):
+        return {}
+    return {
+        name: f"{cls.__name__} has no zero-terminal-SNR schedule, which this model was trained on"
+        for name, cls in SCHEDULER_CLASSES.items()
+        # (not `in cls.from_config(config).config`: diffusers keeps keys a class ignores in its config)
+        if cls is not None and ZERO_TERMINAL_SNR not in inspect.signature(cls.__init__).parameters
+    }
 
 
 class SchedulerFactory:
@@ -43,6 +59,13 @@ class SchedulerFactory:
         self._fixes = config_fixes or {}
         self._templates: dict[str, SchedulerMixin] = {}
         self._lock = threading.Lock()
+        self.unsupported = unsupported_samplers(base.config)
+        """Sampler name -> why this model cannot use it; requests naming one are refused."""
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        """The sampler names this model can use."""
+        return tuple(name for name in SCHEDULER_NAMES if name not in self.unsupported)
 
     def template(self, name: str) -> SchedulerMixin:
         """The shared, never-stepped template for ``name``. Do not step it: use :meth:`new`."""
