@@ -8,7 +8,7 @@ vocabulary of the captions' words (one token per word: a small encoder need not 
 
 from __future__ import annotations
 
-from diffusers import AutoencoderKL, DDPMScheduler, PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+from diffusers import AutoencoderKL, DDIMScheduler, DDPMScheduler, StableDiffusionPipeline, UNet2DConditionModel
 from tokenizers import Tokenizer
 from tokenizers.models import WordLevel
 from tokenizers.normalizers import Lowercase
@@ -16,10 +16,19 @@ from tokenizers.pre_tokenizers import WhitespaceSplit
 from tokenizers.processors import TemplateProcessing
 from transformers import CLIPTextConfig, CLIPTextModel, PreTrainedTokenizerFast
 
-from baton.models.builtin import SD15_SCHEDULER
 from baton.models.tokenizers import BOS_TOKEN, EOS_TOKEN
 from baton.shapes.scenes import COLOURS, COUNTS, POSITIONS, SHAPES, SIZES
 
+# SD1.5's noise schedule, rescaled so that its last step is pure noise (Lin et al. 2023, "Common Diffusion Noise
+# Schedules and Sample Steps are Flawed"), with v-prediction (noise prediction is undefined at zero SNR) and
+# sampling from the last step ("trailing"). On SD1.5's own schedule the last step keeps 7% of the image, and the
+# model learned to read where the objects go from that leak in the noise instead of from the caption: sampled
+# from pure noise, the position words changed nothing (19.5% position accuracy, chance is 20%).
+SCHEDULE = dict(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", num_train_timesteps=1000,
+                rescale_betas_zero_snr=True, prediction_type="v_prediction")
+SAMPLER = dict(SCHEDULE, timestep_spacing="trailing", steps_offset=1, clip_sample=False, set_alpha_to_one=False,
+               thresholding=False)
+"""The model's own sampler (DDIM), every value spelled out as ``baton.models.builtin``'s schedulers are."""
 TEXT_WIDTH = 64
 MAX_TOKENS = 16  # "three large magenta triangles at the bottom right on a black background" is 12 words
 
@@ -76,13 +85,11 @@ def build_pipeline(seed: int = 0) -> StableDiffusionPipeline:
     )
     return StableDiffusionPipeline(
         vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
-        scheduler=PNDMScheduler(**SD15_SCHEDULER), safety_checker=None, feature_extractor=None,
+        scheduler=DDIMScheduler(**SAMPLER), safety_checker=None, feature_extractor=None,
         requires_safety_checker=False,
     )
 
 
 def training_scheduler() -> DDPMScheduler:
     """The noise schedule training adds noise with: the same betas as the pipeline's sampler."""
-    config = {key: SD15_SCHEDULER[key] for key in ("beta_start", "beta_end", "beta_schedule", "num_train_timesteps",
-                                                    "prediction_type", "steps_offset")}
-    return DDPMScheduler(**config, clip_sample=False)
+    return DDPMScheduler(**SCHEDULE, clip_sample=False)
