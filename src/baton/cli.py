@@ -230,10 +230,11 @@ def _demo(args: argparse.Namespace) -> int:
     latencies = sorted(result.latency_s for result in demo.results)
     table.add_row("end to end", "", f"{sum(latencies) / len(latencies) * 1e3:.1f}", "")
     console.print(table)
-    right = sum(all(check[a] for a in ("colour", "shape", "count")) for check in demo.checks)
+    right = sum(all(check.values()) for check in demo.checks)  # as the grid's "detector: all right"
     images = len(demo.results)
     console.print(f"{images} images in {demo.wall_s:.2f} s ({images / demo.wall_s:.2f} images/s); the detector reads "
-                  f"colour, shape and count right in {right} of {images}", highlight=False, soft_wrap=True)
+                  f"colour, shape, count, size and position right in {right} of {images}", highlight=False,
+                  soft_wrap=True)
     console.print(f"wrote {demo.path}", highlight=False, soft_wrap=True)
     return 0
 

@@ -3,11 +3,12 @@
 1. The VAE learns to reconstruct rendered scenes (L1 + L2 weighted towards the objects, a tiny KL term), for a
    time budget.
 2. Latents of a fixed set of training scenes are encoded once; their spread sets the VAE's ``scaling_factor``.
-3. The UNet and the text encoder learn to predict the noise added to those latents, given the caption (dropped
-   10% of the time, for classifier-free guidance), for a time budget. Three standard tricks make the most of a
-   CPU's few thousand steps: Min-SNR-5 loss weights (Hang et al. 2023: the noisiest steps stop dominating), a
-   learning rate that warms up then decays along a cosine over the budget, and an exponential moving average of
-   the weights, which is what gets saved.
+3. The UNet and the text encoder learn to predict v on a zero-terminal-SNR schedule (``baton.shapes.model``
+   says why), given the caption (dropped 10% of the time, for classifier-free guidance), for a time budget. Three
+   standard tricks make the most of a CPU's few thousand steps: Min-SNR-5 loss weights (Hang et al. 2023: the
+   nearly clean steps stop dominating) with a floor for the noisiest ones, a learning rate that warms up then
+   decays along a cosine over the budget, and an exponential moving average of the weights, which is what gets
+   saved.
 4. A tiny autoencoder (``AutoencoderTiny``, the TAESD design at this model's 4x upsampling) learns to decode
    the UNet's latents as the VAE does (and to encode images to them): what ``--vae tiny`` and the
    ``max-throughput`` preset decode with. It is saved in the folder's ``vae_tiny``.
@@ -43,8 +44,9 @@ logger = logging.getLogger(__name__)
 
 SERVING_GUIDANCE = 2.0
 """The guidance scale the model is evaluated and served with (written to the folder's ``baton.json``). Measured on
-the first full CPU run, 64 held-out prompts: colour/shape/count 100/94/91% at 1.0 (no guidance), 100/89/95% at
-2.0, 98/88/95% at 3.0, and 19/19/59% at 4.5: a model this small over-saturates at SD1.5's 7.5."""
+an earlier CPU run (SD1.5's schedule, 3-level UNet), 64 held-out prompts: colour/shape/count 100/94/91% at 1.0
+(no guidance), 100/89/95% at 2.0, 98/88/95% at 3.0, and 19/19/59% at 4.5: a model this small over-saturates at
+SD1.5's 7.5."""
 WARMUP_STEPS = 100
 MIN_SNR_GAMMA = 5.0
 HIGH_NOISE_WEIGHT = 0.25
