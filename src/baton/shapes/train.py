@@ -24,7 +24,7 @@ import json
 import logging
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -139,20 +139,18 @@ def _object_weighted_error(decoded: torch.Tensor, images: torch.Tensor) -> torch
 def _train_vae(vae, minutes: float, batch: int, device, log) -> dict:
     vae.train()
     optimizer = torch.optim.AdamW(vae.parameters(), lr=1e-3)
-    step, started, scene_seed = 0, time.perf_counter(), 10_000
-    while (progress := (time.perf_counter() - started) / (60 * minutes)) < 1:
-        _set_learning_rates(optimizer, step, progress)
+    scene_seed = 10_000
+    for step in _budgeted_steps(optimizer, minutes):
         images = _images(sample_scenes(batch, scene_seed + step), device)
         posterior = vae.encode(images).latent_dist
         loss = _object_weighted_error(vae.decode(posterior.sample()).sample, images) + 1e-6 * posterior.kl().mean()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        step += 1
-        if step % 100 == 0:
-            log(f"vae step {step}: loss {loss.item():.5f}")
+        if (step + 1) % 100 == 0:
+            log(f"vae step {step + 1}: loss {loss.item():.5f}")
     vae.eval().requires_grad_(False)
-    return {"vae_steps": step, "vae_loss": round(loss.item(), 6)}
+    return {"vae_steps": step + 1, "vae_loss": round(loss.item(), 6)}
 
 
 def _train_tiny_vae(vae, minutes: float, batch: int, seed: int, device, log) -> tuple[AutoencoderTiny, dict]:
@@ -164,9 +162,8 @@ def _train_tiny_vae(vae, minutes: float, batch: int, seed: int, device, log) -> 
     tiny = tiny.to(device).train()
     optimizer = torch.optim.AdamW(tiny.parameters(), lr=2e-3)
     scaling = vae.config.scaling_factor
-    step, started, scene_seed = 0, time.perf_counter(), 50_000
-    while (progress := (time.perf_counter() - started) / (60 * minutes)) < 1:
-        _set_learning_rates(optimizer, step, progress)
+    scene_seed = 50_000
+    for step in _budgeted_steps(optimizer, minutes):
         images = _images(sample_scenes(batch, scene_seed + step), device)
         with torch.no_grad():
             posterior = vae.encode(images).latent_dist
@@ -179,11 +176,10 @@ def _train_tiny_vae(vae, minutes: float, batch: int, seed: int, device, log) -> 
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        step += 1
-        if step % 100 == 0:
-            log(f"tiny vae step {step}: decode loss {decoding.item():.5f}, encode loss {encoding.item():.5f}")
+        if (step + 1) % 100 == 0:
+            log(f"tiny vae step {step + 1}: decode loss {decoding.item():.5f}, encode loss {encoding.item():.5f}")
     tiny.eval().requires_grad_(False)
-    record = {"steps": step, "decode_loss": round(decoding.item(), 6), "encode_loss": round(encoding.item(), 6),
+    record = {"steps": step + 1, "decode_loss": round(decoding.item(), 6), "encode_loss": round(encoding.item(), 6),
               "parameters": sum(p.numel() for p in tiny.parameters()),
               "reconstruction": _reconstruction_accuracy(vae, sample_scenes(128, seed=3), device, decoder=tiny)}
     log(f"tiny VAE decodes of the VAE's latents of fresh scenes, read back: {record['reconstruction']}")
@@ -205,9 +201,8 @@ def _train_denoiser(pipe, latents, captions, minutes: float, batch: int, seed: i
     no_caption = tokenizer([""], padding="max_length", max_length=tokenizer.model_max_length,
                            return_tensors="pt").input_ids.to(device)
     generator = torch.Generator().manual_seed(seed)
-    step, phase_started, losses = 0, time.perf_counter(), []
-    while (progress := (time.perf_counter() - phase_started) / (60 * minutes)) < 1:
-        _set_learning_rates(optimizer, step, progress)
+    losses = []
+    for step in _budgeted_steps(optimizer, minutes):
         index = torch.randint(len(latents), (batch,), generator=generator)
         dropped = (torch.rand(batch, generator=generator) < 0.1).to(device)
         batch_tokens = torch.where(dropped[:, None], no_caption, tokens[index.to(device)])
@@ -225,13 +220,12 @@ def _train_denoiser(pipe, latents, captions, minutes: float, batch: int, seed: i
         optimizer.step()
         average.step(parameters)
         losses.append(loss.item())
-        step += 1
-        if step % 200 == 0:
-            log(f"unet step {step}: loss {np.mean(losses[-200:]):.4f} ({time.perf_counter() - started:.0f} s)")
+        if (step + 1) % 200 == 0:
+            log(f"unet step {step + 1}: loss {np.mean(losses[-200:]):.4f} ({time.perf_counter() - started:.0f} s)")
     average.copy_to(parameters)
     unet.eval().requires_grad_(False)
     text_encoder.eval().requires_grad_(False)
-    return {"unet_steps": step, "unet_loss": round(float(np.mean(losses[-200:])), 5)}
+    return {"unet_steps": step + 1, "unet_loss": round(float(np.mean(losses[-200:])), 5)}
 
 
 def _loss_weights(snr: torch.Tensor) -> torch.Tensor:
@@ -240,6 +234,16 @@ def _loss_weights(snr: torch.Tensor) -> torch.Tensor:
     noisiest steps, where the caption alone decides where the objects go, still teach something (at zero SNR,
     Min-SNR alone weighs them 0). A v-prediction error counts ``snr + 1`` times its image error, hence the division."""
     return (torch.clamp(snr, max=MIN_SNR_GAMMA) + HIGH_NOISE_WEIGHT) / (snr + 1)
+
+
+def _budgeted_steps(optimizer, minutes: float) -> Iterator[int]:
+    """Step indices (from 0) for as long as the time budget lasts, each step's learning rates set before it is
+    yielded. A budget > 0 (``_check_budgets``) always yields step 0, so the caller's last index is defined."""
+    step, started = 0, time.perf_counter()
+    while (progress := (time.perf_counter() - started) / (60 * minutes)) < 1:
+        _set_learning_rates(optimizer, step, progress)
+        yield step
+        step += 1
 
 
 def _set_learning_rates(optimizer, step: int, progress: float) -> None:
