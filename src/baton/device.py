@@ -38,6 +38,23 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
     return _DTYPES[name]
 
 
+def copy_to_device(tensor: torch.Tensor, device: torch.device, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """A host tensor on ``device`` (in ``dtype``), queued on the current stream without making the host wait.
+
+    A plain ``.to(device)`` from host memory blocks the host until the stream has drained up to the copy, and a
+    ``non_blocking`` copy from pageable memory still waits for its staging; only a copy from pinned (page-locked)
+    memory is truly asynchronous. So the tensor is cast on the host first (a cast during the copy would stage it
+    in pageable memory again), pinned, then copied ``non_blocking``. Pinned blocks come from torch's caching host
+    allocator, which keeps each one until the copy that reads it has run."""
+    if dtype is not None and tensor.dtype != dtype:
+        tensor = tensor.to(dtype)
+    if tensor.device == device:
+        return tensor
+    if device.type == "cuda" and tensor.device.type == "cpu" and not tensor.is_pinned():
+        tensor = tensor.pin_memory()
+    return tensor.to(device, non_blocking=True)
+
+
 def set_thread_cpu_threads(count: int) -> None:
     """Size the calling thread's intra-op pool (OpenMP's thread count is per calling thread).
 
@@ -87,10 +104,19 @@ def mark_now(device: torch.device) -> Mark:
 
 
 class StageStream:
-    """One stage's CUDA stream, or nothing on a CPU."""
+    """One stage's CUDA stream, or nothing on a CPU.
 
-    def __init__(self, device: torch.device) -> None:
-        self.stream = torch.cuda.Stream(device) if device.type == "cuda" else None
+    ``high_priority``: the stream gets the device's highest priority. The denoiser's does: it is the stage every
+    request spends most of its time in, so when its kernels and an encode's or a decode's are queued together,
+    the GPU's block scheduler should start the denoiser's first (a decode that finishes a little later delays one
+    request; a denoiser forward that waits delays every request in the batch)."""
+
+    def __init__(self, device: torch.device, high_priority: bool = False) -> None:
+        self.stream = None
+        if device.type == "cuda":
+            # priorities run from 0 (the default, lowest) down to a negative "greatest" value, -5 on Hopper
+            priority = _greatest_stream_priority() if high_priority else 0
+            self.stream = torch.cuda.Stream(device, priority=priority)
 
     @contextlib.contextmanager
     def active(self) -> Iterator[None]:
@@ -125,3 +151,10 @@ class StageStream:
         event = torch.cuda.Event(enable_timing=True)
         event.record(self.stream)
         return Mark(time.perf_counter(), event)
+
+
+def _greatest_stream_priority() -> int:
+    """The device's highest stream priority (``cudaDeviceGetStreamPriorityRange``); torch clamps anything beyond
+    its own pools to the nearest it has."""
+    priority_range = getattr(torch.cuda.Stream, "priority_range", None)
+    return priority_range()[1] if priority_range is not None else -1

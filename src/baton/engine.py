@@ -182,8 +182,10 @@ class Engine:
         if runner is None:
             validate_request(request, self.config.limits, tuple(self.runners), SCHEDULER_NAMES)
         else:
-            validate_request(request, self.config.limits, tuple(self.runners), runner.schedulers.names,
-                             runner.schedulers.unsupported)
+            schedulers = runner.schedulers
+            max_steps = schedulers.max_steps(request.scheduler) if request.scheduler in schedulers.names else None
+            validate_request(request, self.config.limits, tuple(self.runners), schedulers.names,
+                             schedulers.unsupported, max_steps)
         return request
 
     # -- state ----------------------------------------------------------------------------------------------------

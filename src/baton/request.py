@@ -88,11 +88,13 @@ def validate_request(
     models: tuple[str, ...],
     schedulers: tuple[str, ...],
     unsupported_schedulers: dict[str, str] | None = None,
+    sampler_max_steps: int | None = None,
 ) -> None:
     """Refuse a request that cannot be served, naming the field, the value and what is allowed.
 
     ``schedulers``: the sampler names the request's model can use; ``unsupported_schedulers``: the names it
-    cannot, with the reason (told to the user rather than a bare "must be one of").
+    cannot, with the reason (told to the user rather than a bare "must be one of"); ``sampler_max_steps``: the
+    request's sampler's own step limit, if it has one (LCM's).
     ``width``/``height``/``guidance_scale`` must already be resolved to the model's defaults when ``None``.
     """
     # 1. routing: the model decides every default, so an unknown one is the first thing to report
@@ -132,6 +134,9 @@ def validate_request(
     why_not = (unsupported_schedulers or {}).get(request.scheduler)
     _check(request.scheduler in schedulers, "scheduler", request.scheduler,
            f"must be one of {list(schedulers)}" + (f" ({request.model!r}: {why_not})" if why_not else ""))
+    _check(sampler_max_steps is None or request.steps <= sampler_max_steps, "steps", request.steps,
+           f"must be at most {sampler_max_steps} with scheduler {request.scheduler!r} (its schedule is a subset of "
+           f"the {sampler_max_steps} steps the model was distilled on)")
     _check(_is_int(request.priority) and abs(request.priority) <= limits.max_priority, "priority",
            request.priority, f"must be an integer between {-limits.max_priority} and {limits.max_priority}")
     # 5. output

@@ -19,6 +19,7 @@ from diffusers import (
     AutoencoderKL,
     DiffusionPipeline,
     EulerDiscreteScheduler,
+    LCMScheduler,
     PNDMScheduler,
     StableDiffusionPipeline,
     StableDiffusionXLPipeline,
@@ -29,16 +30,21 @@ from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProject
 from baton.models.tokenizers import BOS_TOKEN, EOS_TOKEN, byte_level_clip_tokenizer, byte_level_vocab
 
 @contextlib.contextmanager
-def quiet_casts() -> Iterator[None]:
-    """diffusers warns on every ``module.to(dtype)`` that some modules "should be kept in float32", even when
-    it lists none; a deliberate cast of a whole model is not news."""
-    modeling_logger = logging.getLogger("diffusers.models.modeling_utils")
-    level = modeling_logger.level
-    modeling_logger.setLevel(logging.ERROR)
+def muted(logger_name: str) -> Iterator[None]:
+    """Only errors from ``logger_name`` while inside (for warnings about what baton does on purpose)."""
+    muted_logger = logging.getLogger(logger_name)
+    level = muted_logger.level
+    muted_logger.setLevel(logging.ERROR)
     try:
         yield
     finally:
-        modeling_logger.setLevel(level)
+        muted_logger.setLevel(level)
+
+
+def quiet_casts() -> contextlib.AbstractContextManager[None]:
+    """diffusers warns on every ``module.to(dtype)`` that some modules "should be kept in float32", even when
+    it lists none; a deliberate cast of a whole model is not news."""
+    return muted("diffusers.models.modeling_utils")
 
 
 # Schedulers as the published model folders configure them. Every value is spelled out: diffusers treats an
@@ -53,6 +59,12 @@ SD15_SCHEDULER = dict(
 SDXL_SCHEDULER = dict(
     beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", num_train_timesteps=1000,
     steps_offset=1, timestep_spacing="leading", interpolation_type="linear", prediction_type="epsilon",
+)
+# As the LCM-distilled checkpoints configure it (SimianLuo/LCM_Dreamshaper_v7, latent-consistency/lcm-sdxl)
+LCM_SCHEDULER = dict(
+    beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", num_train_timesteps=1000,
+    original_inference_steps=50, set_alpha_to_one=True, steps_offset=1, timestep_spacing="leading",
+    timestep_scaling=10.0, clip_sample=False, prediction_type="epsilon",
 )
 
 
@@ -86,6 +98,8 @@ class BuiltinSpec:
     vae: dict
     text_encoder: dict
     text_encoder_2: dict | None = None  # SDXL's second (OpenCLIP bigG-shaped) encoder, with projection
+    scheduler: dict | None = None
+    """An ``LCMScheduler`` config for a guidance-distilled model; ``None``: the family's published scheduler."""
 
     def build(self, device: torch.device, dtype: torch.dtype, seed: int = 0) -> DiffusionPipeline:
         """Build the pipeline with seeded random weights directly on ``device``, then cast to ``dtype``."""
@@ -117,15 +131,17 @@ class BuiltinSpec:
 
     def _assemble(self, modules: dict[str, torch.nn.Module]) -> DiffusionPipeline:
         if self.family == "sd15":
+            scheduler = PNDMScheduler(**SD15_SCHEDULER) if self.scheduler is None else LCMScheduler(**self.scheduler)
             pipe = StableDiffusionPipeline(
-                **modules, tokenizer=byte_level_clip_tokenizer(), scheduler=PNDMScheduler(**SD15_SCHEDULER),
+                **modules, tokenizer=byte_level_clip_tokenizer(), scheduler=scheduler,
                 safety_checker=None, feature_extractor=None, requires_safety_checker=False,
             )
         else:
+            scheduler = (EulerDiscreteScheduler(**SDXL_SCHEDULER) if self.scheduler is None
+                         else LCMScheduler(**self.scheduler))
             pipe = StableDiffusionXLPipeline(
                 **modules, tokenizer=byte_level_clip_tokenizer(), tokenizer_2=byte_level_clip_tokenizer("!"),
-                scheduler=EulerDiscreteScheduler(**SDXL_SCHEDULER), force_zeros_for_empty_prompt=True,
-                add_watermarker=False,
+                scheduler=scheduler, force_zeros_for_empty_prompt=True, add_watermarker=False,
             )
         pipe.set_progress_bar_config(disable=True)
         return pipe
@@ -137,6 +153,10 @@ _TINY_UNET = dict(
     down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
     attention_head_dim=(2, 4),
 )
+_TINY_SDXL_UNET = {
+    **_TINY_UNET, "cross_attention_dim": 64, "use_linear_projection": True, "transformer_layers_per_block": (1, 2),
+    "addition_embed_type": "text_time", "addition_time_embed_dim": 8, "projection_class_embeddings_input_dim": 6 * 8 + 32,
+}
 # Four VAE levels, like the real one, so the latent is 1/8 of the image and sizes mean the same as for SD.
 _TINY_VAE = _vae((16, 32, 32, 32), layers=1, groups=16, sample_size=256)
 
@@ -155,14 +175,30 @@ SPECS: dict[str, BuiltinSpec] = {
             name="tiny-sdxl",
             family="sdxl",
             description="tiny random SDXL-style pipeline for tests (two text encoders, text_time conditioning)",
-            unet={
-                **_TINY_UNET, "cross_attention_dim": 64, "use_linear_projection": True,
-                "transformer_layers_per_block": (1, 2), "addition_embed_type": "text_time",
-                "addition_time_embed_dim": 8, "projection_class_embeddings_input_dim": 6 * 8 + 32,
-            },
+            unet=_TINY_SDXL_UNET,
             vae={**_TINY_VAE, "scaling_factor": 0.13025},
             text_encoder=_clip_text(32, 2, 4, 64, "quick_gelu", 32, vocab_size=_BYTE_VOCAB),
             text_encoder_2=_clip_text(32, 2, 4, 64, "gelu", 32, vocab_size=_BYTE_VOCAB),
+        ),
+        BuiltinSpec(
+            name="tiny-lcm",
+            family="sd15",
+            description="tiny random guidance-distilled (LCM) SD1.5-style pipeline for tests: the UNet embeds the "
+                        "guidance scale (time_cond_proj_dim), LCM sampler",
+            unet={**_TINY_UNET, "cross_attention_dim": 32, "time_cond_proj_dim": 32},
+            vae=_TINY_VAE,
+            text_encoder=_clip_text(32, 2, 4, 64, "quick_gelu", 32, vocab_size=_BYTE_VOCAB),
+            scheduler=LCM_SCHEDULER,
+        ),
+        BuiltinSpec(
+            name="tiny-sdxl-lcm",
+            family="sdxl",
+            description="tiny random guidance-distilled (LCM) SDXL-style pipeline for tests",
+            unet={**_TINY_SDXL_UNET, "time_cond_proj_dim": 32},
+            vae={**_TINY_VAE, "scaling_factor": 0.13025},
+            text_encoder=_clip_text(32, 2, 4, 64, "quick_gelu", 32, vocab_size=_BYTE_VOCAB),
+            text_encoder_2=_clip_text(32, 2, 4, 64, "gelu", 32, vocab_size=_BYTE_VOCAB),
+            scheduler=LCM_SCHEDULER,
         ),
         BuiltinSpec(
             name="sd15-random",

@@ -94,7 +94,7 @@ class RequestSegments:
 
         def split_forward(sample: torch.Tensor) -> torch.Tensor:
             layout: _Layout | None = getattr(local, "rows", None)
-            if layout is None or linear.bias is None or sample.dim() != 2 or sample.shape[0] != layout.total:
+            if layout is None or sample.dim() != 2 or sample.shape[0] != layout.total:
                 return forward(sample)
             return layout.apply(sample, linear.weight, linear.bias)
 
@@ -114,7 +114,7 @@ class _Layout:
             self.groups.setdefault(count, []).append(offset)
             offset += count
 
-    def apply(self, sample: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    def apply(self, sample: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
         if self.uniform is not None:  # the usual case: a view, one call
             return _per_request_linear(sample.view(self.count, self.uniform, -1), weight, bias).flatten(0, 1)
         out = sample.new_empty(self.total, weight.shape[0])
@@ -125,8 +125,10 @@ class _Layout:
         return out
 
 
-def _per_request_linear(parts: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+def _per_request_linear(parts: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
     """[S, r, K] -> [S, r, N]: S separate GEMMs of r rows, in one call."""
     s, r, k = parts.shape
     n = weight.shape[0]
+    if bias is None:  # e.g. the guidance-embedding projection of guidance-distilled UNets (cond_proj)
+        return torch.bmm(parts, weight.t().expand(s, k, n))
     return torch.baddbmm(bias.expand(s, r, n), parts, weight.t().expand(s, k, n))

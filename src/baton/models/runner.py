@@ -21,10 +21,11 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import numpy as np
 import torch
 from diffusers import DiffusionPipeline
-from diffusers.utils.torch_utils import randn_tensor
 
+from baton.device import copy_to_device
 from baton.models.builtin import quiet_casts
 from baton.models.invariance import RequestSegments, batch_variant_layers
+from baton.models.noise import draw_noise
 from baton.models.schedulers import SchedulerFactory
 from baton.request import GenerationRequest
 
@@ -39,6 +40,19 @@ if TYPE_CHECKING:  # the optimizations import this module; the runner only holds
 Denoiser = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, dict[str, torch.Tensor]], torch.Tensor]
 """(latents [rows, C, h, w], timesteps [rows], hidden states [rows, seq, D], added conditions) → noise."""
 
+TIMESTEP_COND = "timestep_cond"
+"""The key, among a Conditioning's added tensors, of a guidance-distilled UNet's embedded guidance scale
+([rows, time_cond_proj_dim]). It travels with the other per-row conditions (batched, padded to a shape bucket,
+copied into a CUDA graph's buffers alike) and goes to the UNet as its ``timestep_cond`` argument."""
+
+
+def split_timestep_cond(added: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], torch.Tensor | None]:
+    """The added conditions without :data:`TIMESTEP_COND`, and that tensor (``None`` when absent)."""
+    if TIMESTEP_COND not in added:
+        return added, None
+    rest = dict(added)
+    return rest, rest.pop(TIMESTEP_COND)
+
 
 @dataclass(slots=True)
 class PromptEmbeddings:
@@ -52,7 +66,8 @@ class Conditioning:
     """Denoiser inputs besides latents and timesteps, one row per denoiser sample."""
 
     hidden_states: torch.Tensor  # [rows, seq, D]
-    added: dict[str, torch.Tensor] = field(default_factory=dict)  # each [rows, ...]; SDXL: text_embeds, time_ids
+    added: dict[str, torch.Tensor] = field(default_factory=dict)  # each [rows, ...]; SDXL: text_embeds, time_ids;
+    # guidance-distilled UNets: TIMESTEP_COND
 
     @property
     def rows(self) -> int:
@@ -100,7 +115,7 @@ class ModelRunner(ABC):
         """The folder or hub id the weights came from; ``None`` for a random-weight built-in."""
         self.device = device
         self.dtype = dtype
-        self.schedulers = SchedulerFactory(pipeline.scheduler, self.scheduler_config_fixes)
+        self.schedulers = SchedulerFactory(pipeline.scheduler, self.scheduler_config_fixes, device)
         self._stacked_pipelines: dict[str, DiffusionPipeline] = {}
         pipeline.set_progress_bar_config(disable=True)
         vae = pipeline.vae
@@ -147,9 +162,29 @@ class ModelRunner(ABC):
         sample_size = self.pipeline.unet.config.sample_size
         return (sample_size[0] if isinstance(sample_size, (list, tuple)) else sample_size) * self.vae_scale_factor
 
+    @property
+    def embeds_guidance(self) -> bool:
+        """A guidance-distilled UNet (LCM-distilled SD1.5 and SDXL): it takes the guidance scale as an embedding
+        (``timestep_cond``), and classifier-free guidance is off, as diffusers' pipelines do for it."""
+        return getattr(self.pipeline.unet.config, "time_cond_proj_dim", None) is not None
+
     def uses_guidance(self, guidance_scale: float) -> bool:
-        """Classifier-free guidance runs, as in diffusers, only for a scale above 1."""
-        return guidance_scale > 1.0
+        """Classifier-free guidance runs, as in diffusers, only for a scale above 1 and a UNet that does not
+        embed the scale itself."""
+        return guidance_scale > 1.0 and not self.embeds_guidance
+
+    def guidance_condition(self, request: GenerationRequest, rows: int) -> dict[str, torch.Tensor]:
+        """The embedded guidance scale of a guidance-distilled UNet, one row per denoiser row (else nothing).
+
+        Per row, so requests with different scales share a forward. diffusers embeds ``guidance_scale - 1`` in
+        float32 and casts it to the latents' dtype; so does this, on the host, and copies it without a sync."""
+        if not self.embeds_guidance:
+            return {}
+        scale = torch.tensor([request.guidance_scale - 1])
+        embedding = self.pipeline.get_guidance_scale_embedding(
+            scale, embedding_dim=self.pipeline.unet.config.time_cond_proj_dim
+        )  # [1, time_cond_proj_dim], float32, on the host
+        return {TIMESTEP_COND: copy_to_device(embedding, self.device, self.dtype).expand(rows, -1)}
 
     # -- family-specific ------------------------------------------------------------------------------------------
     @abstractmethod
@@ -188,20 +223,20 @@ class ModelRunner(ABC):
             encoded = self.encode_prompts(inputs)
         for embeddings in encoded:  # no-ops unless the encoders run elsewhere or in another precision
             embeddings.tensors = {
-                name: tensor.to(self.device, self.dtype, non_blocking=True)
-                for name, tensor in embeddings.tensors.items()
+                name: copy_to_device(tensor, self.device, self.dtype) for name, tensor in embeddings.tensors.items()
             }
         return encoded
 
     def initial_latents(self, request: GenerationRequest, generator: torch.Generator, init_noise_sigma: Any):
-        """The request's starting noise, drawn exactly as the diffusers pipeline draws it from the same seed."""
+        """The request's starting noise, drawn exactly as the diffusers pipeline draws it from the same seed, and
+        copied to the device without a host sync (``baton.models.noise``)."""
         shape = (
             request.num_images,
             self.latent_channels,
             request.height // self.vae_scale_factor,
             request.width // self.vae_scale_factor,
         )
-        latents = randn_tensor(shape, generator=generator, device=self.device, dtype=self.dtype)
+        latents = draw_noise(shape, generator, self.device, self.dtype)
         return latents * init_noise_sigma  # [n, C, H/8, W/8]
 
     def predict_noise(
@@ -220,8 +255,10 @@ class ModelRunner(ABC):
         self, latents: torch.Tensor, timesteps: torch.Tensor, hidden: torch.Tensor, added: dict[str, torch.Tensor]
     ) -> torch.Tensor:
         """The UNet itself, called as the diffusers pipelines call it."""
+        added, timestep_cond = split_timestep_cond(added)
         return self.pipeline.unet(
-            latents, timesteps, encoder_hidden_states=hidden, added_cond_kwargs=added or None, return_dict=False
+            latents, timesteps, encoder_hidden_states=hidden, timestep_cond=timestep_cond,
+            added_cond_kwargs=added or None, return_dict=False,
         )[0]
 
     def decode(self, latents: torch.Tensor) -> torch.Tensor:

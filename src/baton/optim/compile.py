@@ -2,7 +2,7 @@
 
 A compiled model recompiles for every new input shape (35 to 90 s each for a tiny UNet on a CPU), and a CUDA graph
 exists only for the shapes it was captured with. A serving engine sees a new row count at almost every step, so
-:class:`StaticShapeDenoiser` pads the rows up to the next bucket (1, 2, 4, 8, 16 by default), and warms every
+:class:`StaticShapeDenoiser` pads the rows up to the next bucket (1, 2, 4, 6, 8, 12, 16 by default), and warms every
 bucket at every configured size at start-up. Padding rows repeat the last real row and are dropped from the
 output; every row of the denoiser is computed independently, so real rows do not depend on them. A forward
 outside the buckets (more rows than the largest bucket, or a size not configured) runs the eager model, logged
@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from baton.models.runner import Denoiser
+from baton.models.runner import Denoiser, split_timestep_cond
 
 logger = logging.getLogger(__name__)
 
@@ -60,8 +60,10 @@ def compiled_unet(unet: torch.nn.Module, mode: str, fullgraph: bool) -> Denoiser
     # (no mode captures CUDA graphs: OptimizationConfig.cuda_graphs does, so outputs are never reused buffers)
 
     def forward(latents, timesteps, hidden, added):
+        added, timestep_cond = split_timestep_cond(added)
         return compiled(
-            latents, timesteps, encoder_hidden_states=hidden, added_cond_kwargs=added or None, return_dict=False
+            latents, timesteps, encoder_hidden_states=hidden, timestep_cond=timestep_cond,
+            added_cond_kwargs=added or None, return_dict=False,
         )[0]
 
     return forward

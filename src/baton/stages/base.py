@@ -36,6 +36,8 @@ class Stage(ABC):
     each request they are done with."""
 
     name: str
+    high_priority_stream: bool = False
+    """Whether this stage's CUDA stream gets the device's highest priority (see :class:`StageStream`)."""
 
     def __init__(
         self,
@@ -47,7 +49,7 @@ class Stage(ABC):
     ) -> None:
         self.config = config
         self.inbox: queue.Queue[Job | None] = queue.Queue(maxsize=queue_size)
-        self.stream = StageStream(device)
+        self.stream = StageStream(device, high_priority=self.high_priority_stream)
         self._device = device
         self._cpu_threads = config.cpu_threads if config.cpu_threads is not None else torch.get_num_threads()
         self.next_stage: Stage | None = None

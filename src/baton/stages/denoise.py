@@ -23,8 +23,9 @@ import torch
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 
 from baton.config import DenoiseConfig
-from baton.device import labelled
+from baton.device import copy_to_device, labelled
 from baton.errors import EngineClosedError, StageError
+from baton.models.noise import DeviceNoise
 from baton.models.runner import Conditioning
 from baton.scheduling import Running, StepPolicy, Waiting
 from baton.stages.base import IDLE_POLL_S, BatchStage, Stage, without_entries
@@ -66,6 +67,7 @@ class DenoiseState:
 
 class DenoiseStage(Stage):
     name = "denoise"
+    high_priority_stream = True  # the stage every request spends most of its time in: its kernels go first
     config: DenoiseConfig
 
     def __init__(
@@ -108,6 +110,18 @@ class DenoiseStage(Stage):
     def lookahead(self, queue_size: int) -> int:
         # see the whole queue, so priorities and keys are judged over everything waiting here
         return max(queue_size, 4 * self.config.max_rows)
+
+    def run_now(self, jobs: list[Job]) -> None:
+        """Denoise ``jobs`` to their last step on the calling thread, each key's requests batched in every forward
+        as the worker batches them, then hand them on (for tools that watch the step loop itself, such as
+        ``baton.bench.syncs``). Only while the worker thread is not running."""
+        now = time.perf_counter()
+        for job in jobs:
+            job.enter(self.name, now)
+        self._admit([Waiting(job, self.batch_key(job), self.batch_size(job), now) for job in jobs])
+        while self._running:
+            key = self._running[0].key
+            self._forward([state for state in self._running if state.key == key])
 
     # -- the step loop: schedule → execute → update ---------------------------------------------------------------
     def _serve(self) -> None:
@@ -239,7 +253,7 @@ class DenoiseStage(Stage):
             key=key,
             scheduler=scheduler,
             timesteps=timesteps,
-            model_timesteps=timesteps.to(runner.device, non_blocking=True),
+            model_timesteps=copy_to_device(timesteps, runner.device),
             latents=runner.initial_latents(request, generator, scheduler.init_noise_sigma),
             conditioning=runner.conditioning(job.embeddings, request),
             guidance_scale=float(request.guidance_scale),
@@ -274,11 +288,12 @@ class DenoiseStage(Stage):
 
 
 def _step_kwargs(scheduler: SchedulerMixin, generator: torch.Generator) -> dict[str, Any]:
-    """The extra step() arguments the diffusers pipelines pass: eta (DDIM's, 0) and the request's generator."""
+    """The extra step() arguments the diffusers pipelines pass: eta (DDIM's, 0) and the request's generator,
+    wrapped so that the noise a sampler draws from it reaches the device without a sync (``baton.models.noise``)."""
     accepted = inspect.signature(scheduler.step).parameters
     kwargs: dict[str, Any] = {}
     if "eta" in accepted:
         kwargs["eta"] = 0.0
     if "generator" in accepted:
-        kwargs["generator"] = generator
+        kwargs["generator"] = DeviceNoise(generator)
     return kwargs

@@ -42,4 +42,5 @@ class StableDiffusionRunner(ModelRunner):
         rows = [embeddings.tensors["prompt"].expand(n, -1, -1)]
         if self.uses_guidance(request.guidance_scale):
             rows.insert(0, embeddings.tensors["negative"].expand(n, -1, -1))
-        return Conditioning(hidden_states=torch.cat(rows))
+        hidden = torch.cat(rows)
+        return Conditioning(hidden_states=hidden, added=self.guidance_condition(request, hidden.shape[0]))

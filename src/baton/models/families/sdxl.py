@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from diffusers import StableDiffusionXLPipeline
 
+from baton.device import copy_to_device
 from baton.models.invariance import run_rows_separately
 from baton.models.runner import Conditioning, ModelRunner, PromptEmbeddings, PromptInput
 from baton.request import GenerationRequest
@@ -21,6 +22,7 @@ class StableDiffusionXLRunner(ModelRunner):
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
+        self._time_ids_by_size: dict[tuple, torch.Tensor] = {}
         encoder = self.pipeline.text_encoder_2
         if encoder is not None and isinstance(getattr(encoder, "text_projection", None), torch.nn.Linear):
             # diffusers encodes one prompt at a time; baton a batch of them (see baton.models.invariance)
@@ -54,12 +56,7 @@ class StableDiffusionXLRunner(ModelRunner):
     def conditioning(self, embeddings: PromptEmbeddings, request: GenerationRequest) -> Conditioning:
         n = request.num_images
         t = embeddings.tensors
-        # The micro-conditioning diffusers uses by default: original size = target size, no crop.
-        time_ids = torch.tensor(
-            [[request.height, request.width, 0, 0, request.height, request.width]],
-            dtype=t["prompt"].dtype,
-            device=t["prompt"].device,
-        )
+        time_ids = self._time_ids(request.height, request.width, t["prompt"].dtype, t["prompt"].device)
         hidden = [t["prompt"].expand(n, -1, -1)]
         pooled = [t["pooled"].expand(n, -1)]
         if self.uses_guidance(request.guidance_scale):
@@ -68,6 +65,19 @@ class StableDiffusionXLRunner(ModelRunner):
         rows = len(hidden) * n
         return Conditioning(
             hidden_states=torch.cat(hidden),
-            added={"text_embeds": torch.cat(pooled), "time_ids": time_ids.expand(rows, -1).contiguous()},
+            added={"text_embeds": torch.cat(pooled), "time_ids": time_ids.expand(rows, -1).contiguous(),
+                   **self.guidance_condition(request, rows)},
         )
+
+    def _time_ids(self, height: int, width: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+        """The micro-conditioning diffusers uses by default (original size = target size, no crop), [1, 6].
+
+        Built once per size: ``torch.tensor(..., device=cuda)`` from Python values is a blocking copy, and this
+        runs as each request is admitted to the step loop."""
+        key = (height, width, dtype, device)
+        time_ids = self._time_ids_by_size.get(key)
+        if time_ids is None:
+            time_ids = copy_to_device(torch.tensor([[height, width, 0, 0, height, width]], dtype=dtype), device)
+            self._time_ids_by_size[key] = time_ids
+        return time_ids
 
