@@ -41,7 +41,7 @@ def preset_config(name: str, device_type: str, config: EngineConfig | None = Non
         vae = None
         if name == "max-throughput":
             vae = "tiny"
-            buckets = (*buckets, 32)
+            buckets = (*buckets, 24, 32)
             denoise = dataclasses.replace(denoise, max_rows=32)
         options = OptimizationConfig(
             channels_last=cuda,  # it serves tensor-core convolutions; unmeasured on a CPU, so left off there
