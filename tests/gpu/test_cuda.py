@@ -63,3 +63,23 @@ def test_a_request_joining_mid_run_on_cuda_matches_its_reference():
         for name, request in (("a", a), ("b", b)):
             expected = reference_pixels(engine.runners["tiny-sd15"], engine.resolve(request))
             assert float(np.abs(results[name].pixels - expected).max()) <= 1e-4
+
+
+@pytest.mark.parametrize("model", ["tiny-lcm", "tiny-sdxl-lcm"])
+def test_a_guidance_distilled_model_on_cuda_matches_diffusers(model):
+    request = GenerationRequest(prompt="a red fox", num_images=2, width=64, height=64, steps=4, seed=2,
+                                guidance_scale=8.5, output_format="np")
+    with Engine(models=model, device="cuda", dtype="float32") as engine:
+        result = engine.generate(request)
+        expected = reference_pixels(engine.runners[model], engine.resolve(request))
+    assert float(np.abs(result.pixels - expected).max()) <= 1e-4
+
+
+def test_the_step_loop_makes_no_host_sync_on_cuda():
+    """torch's own sync detector over one request per sampler: nothing in admission or the steps waits."""
+    from baton.bench.syncs import audit_cuda
+
+    results = audit_cuda(("tiny-sd15", "tiny-sdxl-lcm"), steps=3, size=64)
+    for result in results:
+        in_loop = [sync for sync in result["syncs"] if sync["in_step_loop"]]
+        assert in_loop == [], in_loop

@@ -23,6 +23,20 @@ def test_a_saved_folder_loads_and_generates_the_same_images(tmp_path, model):
     assert float(np.abs(actual - expected).max()) <= 1e-5
 
 
+def test_an_lcm_distilled_sd15_folder_loads_as_sd15_with_its_lcm_sampler(tmp_path):
+    """Such folders name diffusers' LatentConsistencyModelPipeline; its components are SD1.5's."""
+    SPECS["tiny-lcm"].build(torch.device("cpu"), torch.float32).save_pretrained(tmp_path)
+    index = tmp_path / "model_index.json"
+    index.write_text(index.read_text().replace('"StableDiffusionPipeline"', '"LatentConsistencyModelPipeline"'))
+    request = dict(prompt="a red fox", width=64, height=64, steps=4, seed=3, guidance_scale=8.5, output_format="np")
+    with Engine(models="tiny-lcm", device="cpu") as builtin, Engine(models=str(tmp_path), device="cpu") as loaded:
+        runner = loaded.runners[str(tmp_path)]
+        assert runner.family == "sd15" and runner.embeds_guidance
+        assert type(runner.schedulers.template("default")).__name__ == "LCMScheduler"
+        difference = np.abs(loaded.generate(**request).pixels - builtin.generate(**request).pixels).max()
+    assert float(difference) <= 1e-5
+
+
 def test_an_unknown_name_says_what_would_have_worked():
     with pytest.raises(ModelLoadError, match="not a built-in model .*tiny-sd15.*tiny-sdxl"):
         load_model("no-such-org/no-such-model", torch.device("cpu"), torch.float32)

@@ -173,8 +173,8 @@ class CudaSyncAudit:
             try:
                 yield self
             finally:
-                torch.cuda.synchronize()
                 torch.cuda.set_sync_debug_mode(previous_mode)
+                torch.cuda.synchronize()  # (after the mode is back: this wait is the audit's own)
                 warnings.showwarning = previous_show
 
     def _record(self, message, category, filename, lineno, file=None, line=None) -> None:

@@ -25,6 +25,9 @@ EMBEDDED_MODELS: dict[str, Path] = {"shapes": Path(__file__).parent / "weights" 
 BUILTIN_MODELS: tuple[str, ...] = (*EMBEDDED_MODELS, *SPECS)
 _RUNNER_BY_FAMILY = {runner.family: runner for runner in RUNNERS}
 _RUNNER_BY_PIPELINE = {runner.pipeline_class.__name__: runner for runner in RUNNERS}
+# LCM-distilled SD1.5 folders (SimianLuo/LCM_Dreamshaper_v7) name diffusers' LCM pipeline, which holds the same
+# components as StableDiffusionPipeline: they load as SD1.5 with their LCMScheduler as the default sampler
+_RUNNER_BY_PIPELINE["LatentConsistencyModelPipeline"] = _RUNNER_BY_FAMILY["sd15"]
 
 
 SERVING_DEFAULTS_FILE = "baton.json"
