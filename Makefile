@@ -26,3 +26,12 @@ test: $(STAMP)
 
 clean:
 	rm -rf $(VENV) outputs .pytest_cache
+
+# One budgeted run on a GPU machine (docs/benchmarks.md, "Running on a GPU"); without CUDA it prints the plan.
+# The system python3 on purpose: .venv does not travel to the GPU host. OUT (the device tool sets it) and BUDGET
+# (seconds for the whole check) pass through; GPU_CHECK_ARGS takes the driver's other options (--parts, --cap).
+BUDGET ?= 540
+GPU_CHECK_ARGS ?=
+.PHONY: gpu-check
+gpu-check:
+	$(PYTHON) benchmarks/gpu/check.py --budget $(BUDGET) $(if $(OUT),--out $(OUT)) $(GPU_CHECK_ARGS)

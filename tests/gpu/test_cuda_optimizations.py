@@ -40,6 +40,7 @@ def test_offload_keeps_the_images(plain, offload):
         assert next(runner.pipeline.unet.parameters()).device.type == "cpu"  # off the device once it is done
 
 
+@pytest.mark.compile
 def test_cuda_graphs_over_compiled_buckets_match_eager(plain, tmp_path):
     options = OptimizationConfig(cuda_graphs=True, compile=CompileConfig(enabled=True, batch_buckets=(2, 4),
                                                                          sizes=((64, 64),), cache_dir=str(tmp_path)))
@@ -63,7 +64,8 @@ def test_text_encoders_in_host_memory_after_precomputing(plain):
     assert float(np.abs(pixels - plain).max()) <= 1e-4
 
 
-@pytest.mark.parametrize("preset", ["fast", "low-memory", "max-throughput"])
+@pytest.mark.parametrize("preset", [pytest.param("fast", marks=pytest.mark.compile), "low-memory",
+                                    pytest.param("max-throughput", marks=pytest.mark.compile)])
 def test_cuda_presets_run(preset, tmp_path):
     config = preset_config(preset, "cuda")
     options = config.optimizations

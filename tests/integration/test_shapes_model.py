@@ -62,7 +62,7 @@ def test_the_position_words_place_the_objects(shapes_engine):
 
 def test_samplers_that_cannot_sample_its_schedule_are_refused(shapes_engine):
     assert shapes_engine.describe()["models"][0]["schedulers"] == ["default", "euler", "euler_a", "ddim",
-                                                                   "dpmpp_2m", "unipc"]
+                                                                   "dpmpp_2m", "unipc", "lcm"]
     with pytest.raises(InvalidRequestError, match="`scheduler`.*'shapes': PNDMScheduler has no zero-terminal-SNR"):
         shapes_engine.submit(prompt="one small red circle in the center on a black background", scheduler="pndm")
     assert shapes_engine.generate(prompt="one small red circle in the center on a black background", steps=4,
