@@ -13,7 +13,8 @@ from baton.cli import main
 
 def test_the_table_runs_the_rows_that_apply_and_explains_the_rest(tmp_path, capsys):
     code = main(["bench", "optimizations", "--model", "tiny-sdxl", "--size", "64x64", "--steps", "2", "--images", "2",
-                 "--iterations", "2", "--only", "+ SDPA + VAE slicing,stacked,preset low-memory",
+                 "--iterations", "2", "--only", "diffusers fp32, classic attention (stacked),diffusers bf16 + SDPA "
+                 "(stacked),bf16 + SDPA + VAE slicing,bf16 + SDPA + VAE slicing + sequential offload,preset low-memory",
                  "--out", str(tmp_path)])
     assert code == 0
     report = json.loads((tmp_path / "optimizations.json").read_text())
@@ -34,6 +35,13 @@ def test_the_table_runs_the_rows_that_apply_and_explains_the_rest(tmp_path, caps
     assert half["status"] == "ok" and 20 < half["psnr_db"] < 80 and half["dtype"] == "bfloat16"
     assert len(half["latencies_s"]) == 2 and half["latency_s"] == half["latencies_s"][-1]
     assert half["peak_memory_gb"] > 0 and "vae slicing: one image per decode" in half["optimizations"]
+    assert half["peak_rss_gb"] > 0 and half["peak_allocated_gb"] is None  # no CUDA here
+    for name in ("fp32, classic attention", "diffusers bf16 + SDPA (stacked)", "bf16 + SDPA + VAE slicing"):
+        row = rows[name]  # the UNet and the VAE decoder timed alike, through diffusers and through baton
+        assert row["unet_s"] > 0 and row["vae_decode_s"] > 0 and row["unet_forwards"] > 0
+        assert row["component_clock"] == "cpu-wall" and set(row["tf32"]) == {"matmul", "cudnn",
+                                                                               "float32_matmul_precision"}
+    assert report["settings"]["rows"] == list(rows) and "tf32" in report["machine"]
     skipped = rows["bf16 + SDPA + VAE slicing + sequential offload"]
     assert skipped["status"] == "skipped" and "needs a CUDA device" in skipped["reason"]
     assert rows["preset low-memory"]["psnr_db"] is None or rows["preset low-memory"]["psnr_db"] > 35

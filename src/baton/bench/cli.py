@@ -3,12 +3,27 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime
 from pathlib import Path
+from typing import Any
 
 from rich.console import Console
 
+from baton.optim.cli_args import add_optimization_args, config_from_args
+
 RESULTS_DIR = Path("benchmarks/results")
+PROFILES: tuple[str, ...] = ("gpu",)
+
+# The defaults of the flags a `--profile` may set. They are `None` in the parsers, so that a flag given on the
+# command line always wins over the profile, and the profile over these.
+SERVE_DEFAULTS: dict[str, Any] = {
+    "model": "tiny-sd15", "modes": ("stacked", "staged", "staged-step", "batched-ceiling"), "concurrency": (1, 2, 4, 8),
+    "requests": 32, "steps": 20, "size": (128, 128), "dtype": "auto", "timeline": True,
+}
+OPTIMIZATIONS_DEFAULTS: dict[str, Any] = {
+    "model": "tiny-sdxl", "images": 4, "steps": 50, "size": None, "iterations": 3, "only": (),
+}
 
 
 def add_bench_parser(commands: argparse._SubParsersAction, size_type) -> None:
@@ -21,29 +36,46 @@ def add_bench_parser(commands: argparse._SubParsersAction, size_type) -> None:
         description="Drive the engine with C concurrent clients in a closed loop (or Poisson arrivals with "
         "--rate) in every mode, in one run, and report images/s, latency percentiles and what the denoiser did.",
     )
-    serve.add_argument("--model", default="tiny-sd15", help="built-in name, folder or hub id")
-    serve.add_argument("--modes", type=_names, default="stacked,staged,staged-step,batched-ceiling",
-                       help="comma-separated: stacked, staged, staged-step, batched-ceiling")
-    serve.add_argument("--concurrency", type=_ints, default="1,2,4,8", help="closed-loop clients, e.g. 1,2,4,8")
+    serve.add_argument("--profile", choices=PROFILES, default=None,
+                       help="defaults for a short GPU window: sd15-random 512x512 float16, 25 steps, modes "
+                            "stacked,staged-step,batched-ceiling, concurrency 1,8, 16 requests, no timeline "
+                            "(flags given override each)")
+    serve.add_argument("--model", default=None, help="built-in name, folder or hub id (default: tiny-sd15)")
+    serve.add_argument("--modes", type=_names, default=None,
+                       help="comma-separated: stacked, staged, staged-step, batched-ceiling (default: all)")
+    serve.add_argument("--concurrency", type=_ints, default=None,
+                       help="closed-loop clients (default: 1,2,4,8)")
     serve.add_argument("--rate", type=_floats, default=None,
                        help="Poisson arrival rates in requests/s (replaces the closed loop), e.g. 2,4,8")
-    serve.add_argument("--requests", type=int, default=32, help="measured requests per mode and load point")
+    serve.add_argument("--requests", type=int, default=None,
+                       help="measured requests per mode and load point (default: 32)")
     serve.add_argument("--rounds", type=int, default=1,
                        help="repeat the whole sweep this many times, interleaved, and pool the rounds")
-    serve.add_argument("--warmup", type=int, default=None, help="unmeasured requests before each point")
-    serve.add_argument("--steps", type=int, default=20)
-    serve.add_argument("--size", type=size_type, default=(128, 128), help="WIDTHxHEIGHT")
+    serve.add_argument("--warmup", type=int, default=None,
+                       help="unmeasured requests before each point (default: one per client, at least 2)")
+    serve.add_argument("--steps", type=int, default=None, help="(default: 20)")
+    serve.add_argument("--size", type=size_type, default=None, help="WIDTHxHEIGHT (default: 128x128)")
     serve.add_argument("--guidance", type=float, default=None, help="guidance scale (default: the model's)")
     serve.add_argument("--device", default="auto")
-    serve.add_argument("--dtype", default="auto", choices=("auto", "float32", "float16", "bfloat16"))
-    serve.add_argument("--max-rows", type=int, default=16, help="denoiser rows per forward (2 per guided image)")
-    serve.add_argument("--no-timeline", action="store_true", help="skip the two-request timeline")
+    serve.add_argument("--dtype", default=None, choices=("auto", "float32", "float16", "bfloat16"),
+                       help="every mode's dtype (default: auto: float16 on CUDA, float32 on a CPU); float32 on "
+                            "CUDA runs with TF32 off")
+    serve.add_argument("--max-rows", type=int, default=None,
+                       help="denoiser rows per forward, 2 per guided image (default: 16, or the preset's)")
+    serve.add_argument("--timeline", action=argparse.BooleanOptionalAction, default=None,
+                       help="record the two-request timeline (default: on)")
+    serve.add_argument("--busy-method", choices=("auto", "spans", "profiler"), default="auto",
+                       help="how denoiser_busy is measured: auto: kernel time under torch.profiler in an extra pass "
+                            "per load point on CUDA, the forwards' spans on a CPU")
+    serve.add_argument("--busy-requests", type=int, default=None,
+                       help="requests of the profiled pass (default: one per client, at least 4)")
     serve.add_argument("--out", type=Path, default=None,
                        help="folder for serve.json, serve.md and the charts (default: a new folder in "
                             "benchmarks/results/ unless --json/--markdown/--plot say where)")
     serve.add_argument("--json", type=Path, default=None, help="write the JSON report here")
     serve.add_argument("--markdown", type=Path, default=None, help="write the markdown table here")
     serve.add_argument("--plot", type=Path, default=None, help="write the PNG charts into this folder")
+    add_optimization_args(serve)  # the staged modes' options; stacked and batched-ceiling stay plain diffusers
     serve.set_defaults(handler=_serve)
 
     optimizations = benches.add_parser(
@@ -52,16 +84,21 @@ def add_bench_parser(commands: argparse._SubParsersAction, size_type) -> None:
         description="Run each optimization configuration and preset in its own process: last-of-N latency, peak "
         "memory, and PSNR against the float32 reference of the same seed.",
     )
-    optimizations.add_argument("--model", default="tiny-sdxl")
-    optimizations.add_argument("--images", type=int, default=4, help="images per generation")
-    optimizations.add_argument("--steps", type=int, default=50)
+    optimizations.add_argument("--profile", choices=PROFILES, default=None,
+                               help="defaults for a short GPU window: sdxl-random 1024x1024, 1 image, 30 steps, "
+                                    "2 iterations, rows: the reference, diffusers fp16 + SDPA (stacked), fp16 + SDPA "
+                                    "(flags given override each)")
+    optimizations.add_argument("--model", default=None, help="(default: tiny-sdxl)")
+    optimizations.add_argument("--images", type=int, default=None, help="images per generation (default: 4)")
+    optimizations.add_argument("--steps", type=int, default=None, help="(default: 50)")
     optimizations.add_argument("--size", type=size_type, default=None, help="WIDTHxHEIGHT (default: the model's)")
-    optimizations.add_argument("--iterations", type=int, default=3)
+    optimizations.add_argument("--iterations", type=int, default=None, help="(default: 3)")
     optimizations.add_argument("--device", default="auto")
     optimizations.add_argument("--half", default="auto", choices=("auto", "float16", "bfloat16"),
                                help="the half precision of the rows (auto: float16 on CUDA, bfloat16 on a CPU)")
-    optimizations.add_argument("--only", type=_names, default="",
-                               help="comma-separated parts of row names to run (the reference always runs)")
+    optimizations.add_argument("--only", type=_names, default=None,
+                               help="comma-separated exact row names to run (the reference always runs; an unknown "
+                                    "name lists the valid ones)")
     optimizations.add_argument("--compile-cache", default=None, help="persistent compile cache folder")
     optimizations.add_argument("--out", type=Path, default=None,
                                help="folder for optimizations.json/.md/.png (default: a new folder in "
@@ -106,11 +143,21 @@ def add_bench_parser(commands: argparse._SubParsersAction, size_type) -> None:
     quality.set_defaults(handler=_quality)
 
 
-def _serve(args: argparse.Namespace) -> int:
-    from baton.bench.report import serve_markdown, write_serve_outputs
-    from baton.bench.serve import ServeSettings, run_serve
+def serve_settings(args: argparse.Namespace):
+    """The ``ServeSettings`` of parsed ``bench serve`` arguments: flags given, else the profile's, else defaults;
+    the optimization flags become the staged modes' options."""
+    from baton.bench.serve import GPU_PROFILE, ServeSettings
+    from baton.config import DenoiseConfig
+    from baton.device import resolve_device
 
-    settings = ServeSettings(
+    apply_profile(args, SERVE_DEFAULTS, {"gpu": GPU_PROFILE})
+    config = config_from_args(args, resolve_device(args.device).type, models=(args.model,), device=args.device,
+                              dtype=args.dtype, denoise=DenoiseConfig(max_rows=args.max_rows or 16))
+    options = config.optimizations
+    if options.static_shapes and not options.compile.sizes:
+        # compile (or capture) the size benchmarked, not only the model's native one
+        options = dataclasses.replace(options, compile=dataclasses.replace(options.compile, sizes=(tuple(args.size),)))
+    return ServeSettings(
         model=args.model,
         modes=tuple(args.modes),
         concurrency=tuple(args.concurrency),
@@ -123,10 +170,43 @@ def _serve(args: argparse.Namespace) -> int:
         guidance_scale=args.guidance,
         device=args.device,
         dtype=args.dtype,
-        max_rows=args.max_rows,
+        max_rows=args.max_rows or config.denoise.max_rows,  # a preset may raise it (max-throughput: 32)
         warmup=args.warmup,
-        timeline=not args.no_timeline,
+        timeline=args.timeline,
+        optimizations=options,
+        busy_method=args.busy_method,
+        busy_requests=args.busy_requests,
+        profile=args.profile,
     )
+
+
+def optimization_settings(args: argparse.Namespace):
+    """The ``OptimizationSettings`` of parsed ``bench optimizations`` arguments (flags, else profile, else
+    defaults)."""
+    from baton.bench.optimizations import OptimizationSettings, gpu_profile
+
+    apply_profile(args, OPTIMIZATIONS_DEFAULTS, {"gpu": gpu_profile(args.half, args.device)})
+    width, height = args.size if args.size else (None, None)
+    return OptimizationSettings(
+        model=args.model, images=args.images, steps=args.steps, width=width, height=height, device=args.device,
+        half=args.half, iterations=args.iterations, only=tuple(args.only), compile_cache=args.compile_cache,
+        profile=args.profile,
+    )
+
+
+def apply_profile(args: argparse.Namespace, defaults: dict[str, Any], profiles: dict[str, dict[str, Any]]) -> None:
+    """Fill each flag of ``defaults`` left unset: from ``args.profile``'s values, else from ``defaults``."""
+    profile = profiles[args.profile] if args.profile else {}
+    for name, default in defaults.items():
+        if getattr(args, name) is None:
+            setattr(args, name, profile.get(name, default))
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from baton.bench.report import serve_markdown, write_serve_outputs
+    from baton.bench.serve import run_serve
+
+    settings = serve_settings(args)
     console = Console()
     out = args.out
     if out is None and args.json is None and args.markdown is None and args.plot is None:
@@ -166,14 +246,11 @@ def _load(args: argparse.Namespace) -> int:
 
 
 def _optimizations(args: argparse.Namespace) -> int:
-    from baton.bench.optimizations import OptimizationSettings, run_optimizations
+    from baton.bench.optimizations import run_optimizations
     from baton.bench.optimizations_report import optimizations_markdown, write_optimizations_outputs
 
-    width, height = args.size if args.size else (None, None)
-    settings = OptimizationSettings(
-        model=args.model, images=args.images, steps=args.steps, width=width, height=height, device=args.device,
-        half=args.half, iterations=args.iterations, only=tuple(args.only), compile_cache=args.compile_cache,
-    )
+    settings = optimization_settings(args)
+    width, height = settings.width, settings.height
     console = Console()
     report = run_optimizations(settings, log=lambda line: console.print(line, highlight=False))
     out = args.out

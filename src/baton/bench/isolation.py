@@ -54,3 +54,28 @@ def refusal(config: EngineConfig, device) -> str | None:
 
 def peak_rss_bytes() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
+
+
+MEMORY_FIELDS: tuple[str, ...] = ("peak_allocated_gb", "peak_reserved_gb", "device_free_gb", "device_total_gb",
+                                  "peak_rss_gb")
+
+
+def memory_snapshot(device) -> dict[str, float | None]:
+    """This process's memory, in GB (1e9 bytes): on CUDA the allocator's peaks since the last
+    ``torch.cuda.reset_peak_memory_stats`` (allocated: live tensors; reserved: what the caching allocator holds,
+    what the device really gives up) and the device's free and total memory now (``mem_get_info``: every process
+    on the device counts); everywhere the process's peak RSS (since it started: it cannot be reset)."""
+    snapshot: dict[str, float | None] = dict.fromkeys(MEMORY_FIELDS)
+    snapshot["peak_rss_gb"] = _gb(peak_rss_bytes())
+    if device.type == "cuda":
+        import torch
+
+        free, total = torch.cuda.mem_get_info(device)
+        snapshot.update(peak_allocated_gb=_gb(torch.cuda.max_memory_allocated(device)),
+                        peak_reserved_gb=_gb(torch.cuda.max_memory_reserved(device)),
+                        device_free_gb=_gb(free), device_total_gb=_gb(total))
+    return snapshot
+
+
+def _gb(count: int) -> float:
+    return round(count / 1e9, 3)

@@ -7,6 +7,7 @@ import os
 import platform
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +34,7 @@ def describe_machine(device: str) -> dict[str, Any]:
         "cpu_cores": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "memory_gib": _memory_gib(),
+        "tf32": tf32_settings(),
     }
     if torch.cuda.is_available():
         props = torch.cuda.get_device_properties(torch.cuda.current_device())
@@ -40,6 +42,34 @@ def describe_machine(device: str) -> dict[str, Any]:
         machine["gpu_memory_gib"] = round(props.total_memory / 2**30, 1)
         machine["cuda"] = torch.version.cuda
     return machine
+
+
+def tf32_settings() -> dict[str, Any]:
+    """The TF32 switches in force in this process: whether "float32" matmuls and convolutions on CUDA run as
+    TF32 (torch's defaults: matmul off, cuDNN on), and the matmul precision they imply."""
+    import torch
+
+    with warnings.catch_warnings():  # newer torch warns that these legacy switches are being replaced
+        warnings.simplefilter("ignore")
+        return {
+            "matmul": bool(torch.backends.cuda.matmul.allow_tf32),
+            "cudnn": bool(torch.backends.cudnn.allow_tf32),
+            "float32_matmul_precision": torch.get_float32_matmul_precision(),
+        }
+
+
+def strict_float32(dtype, device) -> bool:
+    """Turn TF32 off when a process computes in float32 on CUDA, so a float32 row is float32 (cuDNN's default is
+    TF32 convolutions); call it before any model is built. Returns whether it changed anything."""
+    import torch
+
+    if device.type != "cuda" or dtype != torch.float32:
+        return False
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.backends.cudnn.allow_tf32 = False
+    return True
 
 
 def _cpu_model() -> str:

@@ -7,10 +7,15 @@ its own (device memory on CUDA, peak RSS on a CPU) and no CPU thread pool is sha
 its images are compared with the first row's (float32, the reference): PSNR in dB and max abs difference on pixels
 in [0, 1]. Two stacked rows run the plain diffusers pipeline in the same run, as the baseline. A row that cannot
 apply on the device (offload on a CPU, say) is reported as skipped, with the engine's own refusal as the reason.
+
+The last iteration also gives the UNet's and the VAE decoder's own time (``baton.bench.probe``: the same hooks
+for the stacked rows and baton's; CUDA event time on a GPU). A float32 row on CUDA runs with TF32 off, so the
+reference is float32 indeed; each row records the TF32 switches its process ran with.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import tempfile
@@ -22,8 +27,8 @@ from typing import Any
 import numpy as np
 
 from baton.bench.image_metrics import psnr_db
-from baton.bench.isolation import peak_rss_bytes, refusal, run_isolated, start_engine
-from baton.bench.machine import describe_machine
+from baton.bench.isolation import memory_snapshot, peak_rss_bytes, refusal, run_isolated, start_engine
+from baton.bench.machine import describe_machine, strict_float32, tf32_settings
 from baton.config import CompileConfig, EngineConfig, OptimizationConfig, PromptCacheConfig
 from baton.optim.presets import LOSSLESS_PRESETS, PRESETS, preset_config
 
@@ -46,9 +51,12 @@ class OptimizationSettings:
     iterations: int = 3
     seed: int = 0
     only: tuple[str, ...] = ()
-    """Run only the rows whose names contain one of these (the reference row always runs)."""
+    """Run only the rows of these exact names (the reference row always runs). Row names hold commas, so the
+    comma-separated parts of ``--only`` are joined back where they make a name (see :func:`select_rows`)."""
     compile_cache: str | None = None
     timeout_s: float = 3600.0
+    profile: str | None = None
+    """The ``--profile`` that set the defaults, recorded for the reader."""
 
     def __post_init__(self) -> None:
         for name in ("images", "steps", "iterations"):
@@ -63,10 +71,35 @@ class Row:
     kind: str  # "reference", "baseline" (stacked diffusers), "option", "restart", "preset"
 
 
+REFERENCE_ROW = "fp32, classic attention"
+
+
+def half_dtype(half: str, device_type: str) -> str:
+    """The rows' half precision: ``auto`` is float16 on CUDA, bfloat16 on a CPU."""
+    return half if half != "auto" else ("float16" if device_type == "cuda" else "bfloat16")
+
+
+def short_dtype(dtype: str) -> str:
+    return {"float16": "fp16", "bfloat16": "bf16", "float32": "fp32"}[dtype]
+
+
+def gpu_profile(half: str = "auto", device: str = "auto") -> dict[str, Any]:
+    """``--profile gpu``: a short, budgeted GPU table (explicit flags override each value). SDXL at 1024x1024,
+    1 image, 30 steps, 2 iterations; rows: the float32 reference (about 10 s an iteration on an H200, TF32 off),
+    the plain diffusers pipeline and baton in half precision with SDPA. The compiled rows are left for a run of
+    their own (``--only "fp16 + SDPA + compile,fp16 + SDPA + compile (restart, warm cache)"``)."""
+    from baton.device import resolve_device
+
+    short = short_dtype(half_dtype(half, resolve_device(device).type))
+    return {"model": "sdxl-random", "size": (1024, 1024), "images": 1, "steps": 30, "iterations": 2,
+            "only": (f"diffusers {short} + SDPA (stacked)", f"{short} + SDPA")}
+
+
 def table_rows(settings: OptimizationSettings, device_type: str) -> list[Row]:
-    """The write-up's configurations, then the presets; each an EngineConfig for this device."""
-    half = settings.half if settings.half != "auto" else ("float16" if device_type == "cuda" else "bfloat16")
-    short = {"float16": "fp16", "bfloat16": "bf16", "float32": "fp32"}[half]
+    """The write-up's configurations, then the presets (or those ``settings.only`` names), each an EngineConfig
+    for this device."""
+    half = half_dtype(settings.half, device_type)
+    short = short_dtype(half)
     rows_per_forward = settings.images * 2  # guided
     size = (settings.width, settings.height) if settings.width and settings.height else None
     # compiled for this table's one shape only: every other bucket would add a compile and measure nothing
@@ -82,7 +115,7 @@ def table_rows(settings: OptimizationSettings, device_type: str) -> list[Row]:
         return Row(name, dataclasses.replace(base, dtype=dtype, optimizations=options, mode=mode), kind)
 
     rows = [
-        engine("fp32, classic attention", "float32", classic, kind="reference"),
+        engine(REFERENCE_ROW, "float32", classic, kind="reference"),
         engine("diffusers fp32, classic attention (stacked)", "float32", classic, kind="baseline", mode="stacked"),
         engine(f"diffusers {short} + SDPA (stacked)", half, sdpa, kind="baseline", mode="stacked"),
         engine(f"{short}, classic attention", half, classic),
@@ -103,9 +136,29 @@ def table_rows(settings: OptimizationSettings, device_type: str) -> list[Row]:
     ]
     rows += [Row(f"preset {name}", config, "preset") for name, config in preset_configs(base, device_type,
                                                                                         compile_here).items()]
-    if settings.only:
-        rows = [row for row in rows if row.kind == "reference" or any(part in row.name for part in settings.only)]
-    return rows
+    return select_rows(rows, settings.only) if settings.only else rows
+
+
+def select_rows(rows: list[Row], only: tuple[str, ...]) -> list[Row]:
+    """The reference row and the rows named in ``only``, in table order. Names may hold commas ("fp16, classic
+    attention"): consecutive parts are joined back with ", " where they make a name, the longest first."""
+    names = [row.name for row in rows]
+    parts = [part.strip() for part in only if part.strip()]
+    chosen, unknown, i = set(), [], 0
+    while i < len(parts):
+        for j in range(len(parts), i, -1):
+            if ", ".join(parts[i:j]) in names:
+                chosen.add(", ".join(parts[i:j]))
+                i = j
+                break
+        else:
+            unknown.append(parts[i])
+            i += 1
+    if unknown:
+        valid = "\n".join(f"  {name}" for name in names)
+        raise ValueError(f"`--only` names no row {unknown}; the rows on this device (exact names, comma-separated; "
+                         f"the reference always runs):\n{valid}")
+    return [row for row in rows if row.kind == "reference" or row.name in chosen]
 
 
 def preset_configs(base: EngineConfig, device_type: str, compiled: CompileConfig) -> dict[str, EngineConfig]:
@@ -129,7 +182,7 @@ def run_optimizations(settings: OptimizationSettings, log=logger.info) -> dict:
     from baton.device import resolve_device
 
     device = resolve_device(settings.device)
-    rows = table_rows(settings, device.type)
+    rows = table_rows(settings, device.type)  # an unknown `--only` name fails here, before any row runs
     results: list[dict[str, Any]] = []
     reference: np.ndarray | None = None
     with tempfile.TemporaryDirectory(prefix="baton-bench-") as scratch:
@@ -156,7 +209,7 @@ def run_optimizations(settings: OptimizationSettings, log=logger.info) -> dict:
     add_speedups(results)
     return {
         "benchmark": "optimizations",
-        "settings": {**asdict(settings), "prompt": PROMPT, "device": str(device),
+        "settings": {**asdict(settings), "prompt": PROMPT, "device": str(device), "rows": [row.name for row in rows],
                      "lossless_presets": list(LOSSLESS_PRESETS), "lossless_psnr_db": LOSSLESS_PSNR_DB},
         "machine": describe_machine(str(device)),
         "results": results,
@@ -185,27 +238,44 @@ def add_speedups(results: list[dict]) -> None:
 
 
 def _measure_row(config: EngineConfig, settings: OptimizationSettings, pixels_path: str) -> dict[str, Any]:
-    """In the row's own process: build the engine, generate ``iterations`` times, save the last images."""
+    """In the row's own process: build the engine, generate ``iterations`` times (the UNet and the VAE decoder
+    timed in the last), save the last images."""
     import torch
+
+    from baton.bench.probe import ComponentProbe
+    from baton.device import resolve_device, resolve_dtype
 
     logging.basicConfig(level=logging.WARNING)
     rss_at_start = peak_rss_bytes()
+    try:
+        device = resolve_device(config.device)
+        strict_float32(resolve_dtype(config.dtype, device), device)  # before the engine builds anything
+    except ValueError:
+        pass  # the engine gives the same error, as a skipped row
     engine, ready_s, not_started = start_engine(config)
     if not_started:
-        return not_started
+        return {**not_started, "tf32": tf32_settings()}
     try:
         with engine:
             cuda = engine.device.type == "cuda"
             if cuda:
                 torch.cuda.reset_peak_memory_stats(engine.device)
             latencies = []
-            for _ in range(settings.iterations):
-                result = engine.generate(prompt=PROMPT, num_images=settings.images, steps=settings.steps,
-                                         seed=settings.seed, width=settings.width, height=settings.height,
-                                         output_format="np")
+            # hooks on the UNet for the plain pipeline only; baton's stages call the (maybe compiled) denoiser
+            probe = ComponentProbe(engine.runners[engine.default_model], hook_unet=config.mode == "stacked")
+            for iteration in range(settings.iterations):
+                last = iteration == settings.iterations - 1
+                with probe if last else contextlib.nullcontext():
+                    result = engine.generate(prompt=PROMPT, num_images=settings.images, steps=settings.steps,
+                                             seed=settings.seed, width=settings.width, height=settings.height,
+                                             output_format="np")
                 latencies.append(round(result.latency_s, 4))
+            if cuda:
+                torch.cuda.synchronize(engine.device)  # every span's events complete
+            components = component_times(probe.take(), cuda)
             described = engine.describe()["models"][0]
             np.save(pixels_path, result.pixels)
+            memory = memory_snapshot(engine.device)
             if cuda:
                 peak = torch.cuda.max_memory_allocated(engine.device)
                 model_memory = peak
@@ -213,7 +283,7 @@ def _measure_row(config: EngineConfig, settings: OptimizationSettings, pixels_pa
                 peak = peak_rss_bytes()
                 model_memory = peak - rss_at_start
     except Exception:
-        return {"status": "failed", "reason": traceback.format_exc()}
+        return {"status": "failed", "reason": traceback.format_exc(), "tf32": tf32_settings()}
     return {
         "status": "ok",
         "latency_s": latencies[-1],
@@ -222,12 +292,25 @@ def _measure_row(config: EngineConfig, settings: OptimizationSettings, pixels_pa
         "peak_memory_gb": round(peak / 1e9, 3),
         "memory_over_start_gb": round(model_memory / 1e9, 3),
         "memory_measure": "cuda max_memory_allocated" if cuda else "peak RSS of the process",
+        **memory,
+        **components,
+        "tf32": tf32_settings(),
         "ready_s": round(ready_s, 2),
         "warmup_s": described["warmup_s"],
         "dtype": described["dtype"],
         "optimizations": described["optimizations"],
         "timings_s": {stage: round(t.run_s, 4) for stage, t in result.timings.items()},
     }
+
+
+def component_times(spans, cuda: bool) -> dict[str, Any]:
+    """The last iteration's time in the UNet, the VAE decoder and the text encoders, summed over their calls."""
+    def total(component: str) -> float:
+        return round(sum(span.seconds for span in spans if span.component == component), 4)
+
+    return {"unet_s": total("denoise"), "vae_decode_s": total("vae_decode"), "text_encode_s": total("text_encode"),
+            "unet_forwards": sum(span.component == "denoise" for span in spans),
+            "component_clock": "cuda-events" if cuda else "cpu-wall"}
 
 
 def _db(value: float | None) -> str:

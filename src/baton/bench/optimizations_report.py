@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from baton.bench.report import _machine_line, _pyplot, _ratio, write_outputs
+from baton.bench.report import _machine_line, _pyplot, _ratio, memory_cells, write_outputs
 
 KIND_COLOURS = {"reference": "#7f7f7f", "baseline": "#bcbd22", "option": "#1f77b4", "restart": "#17becf",
                 "preset": "#d62728"}
@@ -20,11 +20,17 @@ def optimizations_markdown(report: dict) -> str:
         f"Each row in its own process; {settings['iterations']} iterations, the last one reported (and the median of "
         f"all). PSNR and max abs "
         f"difference against the first row's images (same seed). torch {machine['torch']}, diffusers "
-        f"{machine['diffusers']}; {machine['created']}; `{machine['command']}`",
+        f"{machine['diffusers']}; {machine['created']}; `{machine['command']}`"
+        + (f"; defaults from `--profile {settings['profile']}`" if settings.get("profile") else ""),
         "",
-        "| configuration | latency s | median s | × fp32 | × stacked SDPA | peak memory GB | PSNR dB | max abs diff "
-        "| ready s |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    ok = [row for row in report["results"] if row["status"] == "ok"]
+    cuda = any(row.get("peak_allocated_gb") is not None for row in ok)
+    memory_heads = "peak alloc GB | peak reserved GB | free / total GB" if cuda else "peak RSS GB"
+    lines += [
+        f"| configuration | latency s | median s | × fp32 | × stacked SDPA | UNet s | VAE decode s | {memory_heads} "
+        f"| PSNR dB | max abs diff | ready s |{' TF32 |' if cuda else ''}",
+        "|---|" + "---:|" * (10 + (2 if cuda else 0)) + ("---|" if cuda else ""),
     ]
     skipped = []
     for row in report["results"]:
@@ -38,19 +44,42 @@ def optimizations_markdown(report: dict) -> str:
         else:
             psnr = "identical" if row["psnr_db"] is None else f"{row['psnr_db']:.1f}"
         difference = "–" if row["max_abs_diff"] is None else f"{row['max_abs_diff']:.4f}"
+        if not cuda and row.get("peak_rss_gb") is None:  # a report from before the memory columns
+            row = {**row, "peak_rss_gb": row.get("peak_memory_gb")}
         lines.append(
             f"| {row['config']} | {row['latency_s']:.3f} | {row['median_latency_s']:.3f} | {_ratio(row['vs_fp32'])} "
-            f"| {_ratio(row['vs_stacked_sdpa'])} "
-            f"| {row['peak_memory_gb']:.2f} | {psnr} | {difference} | {row['ready_s']:.1f} |"
+            f"| {_ratio(row['vs_stacked_sdpa'])} | {_seconds(row.get('unet_s'))} | {_seconds(row.get('vae_decode_s'))} "
+            f"| {memory_cells(row, cuda)} | {psnr} | {difference} | {row['ready_s']:.1f} |"
+            + (f" {_tf32(row.get('tf32'))} |" if cuda else "")
         )
-    memory = next((r["memory_measure"] for r in report["results"] if r["status"] == "ok"), "")
-    lines += ["", f"Peak memory: {memory}."]
+    clock = next((r.get("component_clock") for r in ok if r.get("component_clock")), None)
+    lines += [""]
+    if clock:
+        lines.append(f"UNet and VAE decode: the last iteration's time inside the UNet's forwards and the VAE "
+                     f"decoder's calls ({'CUDA event time' if clock == 'cuda-events' else 'wall time'}), the same "
+                     "hooks for the stacked rows and baton's.")
+    if cuda:
+        lines.append("Memory: the row's process, allocator peaks over its iterations; free / total: the device "
+                     "after the last iteration. TF32: the switches the row's process ran with (a float32 row: off).")
+    else:
+        lines.append("Memory: peak RSS of the row's process.")
     headline = headline_checks(report)
     if headline:
         lines += ["", *(f"- {line}" for line in headline)]
     if skipped:
         lines += ["", "Rows that do not apply here, with the engine's reason:", "", *skipped]
     return "\n".join(lines) + "\n"
+
+
+def _seconds(value: float | None) -> str:
+    return "–" if value is None else f"{value:.3f}"
+
+
+def _tf32(tf32: dict | None) -> str:
+    if not tf32:
+        return "–"
+    on = [name for name, key in (("matmul", "matmul"), ("cuDNN", "cudnn")) if tf32.get(key)]
+    return " + ".join(on) if on else "off"
 
 
 def headline_checks(report: dict) -> list[str]:

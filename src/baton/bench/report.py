@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
 MODE_COLOURS = {
     "stacked": "#7f7f7f",
@@ -12,23 +14,46 @@ MODE_COLOURS = {
     "batched-ceiling": "#2ca02c",
 }
 COMPONENT_COLOURS = {"text_encode": "#9467bd", "denoise": "#d62728", "vae_decode": "#ff7f0e"}
+BUSY_METHODS = {
+    "cuda-kernels": "GPU kernel time launched inside the denoiser's forwards (torch.profiler, every thread) over the "
+                    "wall time of an extra pass of the same load point run after the measured one",
+    "cpu-profiler": "CPU time inside the denoiser's forwards (torch.profiler) over the wall time of an extra pass of "
+                    "the same load point run after the measured one",
+    "cpu-spans": "time inside the denoiser's forwards over the measured pass's wall time (on a CPU, CPU time is the "
+                 "kernel time)",
+    "cuda-event-spans": "CUDA event time around the denoiser's forwards over the measured pass's wall time (counts "
+                        "the host's launch gaps inside a forward as busy)",
+}
 
 
 def serve_markdown(report: dict) -> str:
     """The results table, with the machine and settings above it and the headline comparisons below."""
     settings, machine = report["settings"], report["machine"]
     device = machine.get("gpu") or machine.get("cpu")
+    dtype = settings["dtype"]
+    resolved = {details["dtype"] for details in (report.get("mode_details") or {}).values()}
+    if dtype == "auto" and len(resolved) == 1:
+        dtype = f"auto ({resolved.pop()})"
     lines = [
         f"### baton bench serve: `{settings['model']}` {settings['width']}x{settings['height']}, "
-        f"{settings['steps']} steps, {settings['dtype']} on {machine['device']} ({device})",
+        f"{settings['steps']} steps, {dtype} on {machine['device']} ({device})",
         "",
         f"{settings['requests']} measured requests per mode and point after warm-up, {settings['rounds']} "
         f"interleaved round(s); torch {machine['torch']}, "
         f"diffusers {machine['diffusers']}; {machine['created']}; `{machine['command']}`",
         "",
+        f"Optimizations of the staged modes (staged, staged-step): {options_summary(settings.get('optimizations'))}; "
+        "stacked and batched-ceiling: the plain diffusers pipeline in the same dtype."
+        + (f" Defaults from `--profile {settings['profile']}`." if settings.get("profile") else "")
+        + (f" {tf32_text(machine['tf32'])}." if machine.get("gpu") and machine.get("tf32") else ""),
+        "",
+    ]
+    cuda = any(row.get("peak_allocated_gb") is not None for row in report["results"])
+    memory_heads = "peak alloc GB | peak reserved GB | free / total GB" if cuda else "peak RSS GB"
+    lines += [
         "| mode | load | images/s | × stacked | × ceiling | p50 s | p95 s | p99 s | denoiser rows/forward "
-        "| denoiser busy | queue wait ms (encode / denoise / decode) | failed |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|",
+        f"| denoiser busy | queue wait ms (encode / denoise / decode) | {memory_heads} | failed |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|" + "---:|" * (3 if cuda else 1) + "---:|",
     ]
     for row in report["results"]:
         waits = row["queue_wait_s"]
@@ -40,9 +65,17 @@ def serve_markdown(report: dict) -> str:
         lines.append(
             f"| {row['mode']} | {_load(row)} | {row['images_per_s']:.2f} | {_ratio(row['vs_stacked'])} "
             f"| {_ratio(row['vs_ceiling'])} | {row['p50_s']:.3f} | {row['p95_s']:.3f} | {row['p99_s']:.3f} "
-            f"| {row['denoiser_rows_per_forward'] or '–'} | {row['denoiser_busy'] * 100:.0f}% "
-            f"| {wait_text if waits else '–'} | {row['failed']} |"
+            f"| {row['denoiser_rows_per_forward'] or '–'} | {_percent(row['denoiser_busy'])} "
+            f"| {wait_text if waits else '–'} | {memory_cells(row, cuda)} | {row['failed']} |"
         )
+    methods = sorted({row.get("denoiser_busy_method") or "cpu-spans" for row in report["results"]})
+    lines.append("")
+    for method in methods:
+        lines.append(f"Denoiser busy ({method}): {BUSY_METHODS.get(method.split(' ')[0], method)}"
+                     + (f" {method.split(' ', 1)[1]}." if " " in method else "."))
+    if cuda:
+        lines.append("Memory per mode's process, peaks over the measured pass (free / total: the whole device, "
+                     "every mode's process holding its model).")
     headline = headline_checks(report)
     if headline:
         lines += ["", *(f"- {line}" for line in headline)]
@@ -64,13 +97,68 @@ def headline_checks(report: dict) -> list[str]:
     if step and stacked:
         lines.append(f"{top} clients: staged-step {step['images_per_s'] / stacked['images_per_s']:.2f}× stacked "
                      f"throughput; p95 {step['p95_s']:.3f} s vs stacked {stacked['p95_s']:.3f} s")
-        lines.append(f"{top} clients: denoiser busy {step['denoiser_busy'] * 100:.0f}% (staged-step) vs "
-                     f"{stacked['denoiser_busy'] * 100:.0f}% (stacked)")
+        lines.append(f"{top} clients: denoiser busy {_percent(step['denoiser_busy'])} (staged-step) vs "
+                     f"{_percent(stacked['denoiser_busy'])} (stacked)")
     step_one, stacked_one = rows.get(("staged-step", one)), rows.get(("stacked", one))
     if step_one and stacked_one:
         lines.append(f"{one} client: staged-step p50 {step_one['p50_s']:.3f} s vs stacked {stacked_one['p50_s']:.3f} s "
                      f"({(step_one['p50_s'] / stacked_one['p50_s'] - 1) * 100:+.1f}%)")
     return lines
+
+
+def options_summary(options: dict | None) -> str:
+    """``preset `fast`: fuse_qkv True, prompt_cache.max_bytes 256 MiB``: the preset and every option that differs
+    from the engine's defaults."""
+    from baton.config import OptimizationConfig
+
+    if not options:
+        return "the engine's defaults"
+    changes = [f"{name} {_option_value(name, value)}"
+               for name, value in _differences(_plain(options), _plain(asdict(OptimizationConfig())))
+               if name != "preset"]
+    preset = f"preset `{options['preset']}`" if options.get("preset") else "no preset"
+    return preset + (": " + ", ".join(changes) if changes else " (the engine's defaults)")
+
+
+def tf32_text(tf32: dict[str, Any]) -> str:
+    on = lambda flag: "on" if flag else "off"  # noqa: E731
+    return (f"TF32: matmul {on(tf32['matmul'])}, cuDNN {on(tf32['cudnn'])} (float32 matmul precision "
+            f"{tf32['float32_matmul_precision']})")
+
+
+def memory_cells(row: dict, cuda: bool) -> str:
+    """The memory columns of a row: allocator peaks and device free / total on CUDA, peak RSS on a CPU."""
+    gb = lambda value: "–" if value is None else f"{value:.2f}"  # noqa: E731
+    if not cuda:
+        return gb(row.get("peak_rss_gb"))
+    free, total = row.get("device_free_gb"), row.get("device_total_gb")
+    device = "–" if free is None or total is None else f"{free:.1f} / {total:.1f}"
+    return f"{gb(row.get('peak_allocated_gb'))} | {gb(row.get('peak_reserved_gb'))} | {device}"
+
+
+def _differences(value: Any, default: Any, prefix: str = "") -> list[tuple[str, Any]]:
+    if isinstance(value, dict) and isinstance(default, dict):
+        return [item for key in value for item in _differences(value[key], default.get(key), f"{prefix}{key}.")]
+    return [] if value == default else [(prefix.rstrip("."), value)]
+
+
+def _plain(value: Any) -> Any:
+    """Tuples as lists, as after a JSON round trip, so a report compares the same before and after."""
+    if isinstance(value, dict):
+        return {key: _plain(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(item) for item in value]
+    return value
+
+
+def _option_value(name: str, value: Any) -> str:
+    if name.endswith("max_bytes") and isinstance(value, int):
+        return f"{value / 2**20:.0f} MiB"
+    return str(value)
+
+
+def _percent(value: float | None) -> str:
+    return "–" if value is None else f"{value * 100:.0f}%"
 
 
 def write_json(report: dict, path: Path) -> None:

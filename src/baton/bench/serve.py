@@ -7,6 +7,9 @@ Modes:
 - ``staged-step``: baton's stages, the denoiser batching at step level (requests join between steps).
 - ``batched-ceiling``: one plain diffusers call with all C clients' prompts at once, repeated: the throughput
   no scheduler can beat for C clients on the same hardware (each of its requests waits for the whole call).
+
+The optimization options (``--preset`` and the flags) apply to the staged modes only: ``stacked`` and
+``batched-ceiling`` are the plain diffusers pipeline in the same dtype, the baseline they are measured against.
 """
 
 from __future__ import annotations
@@ -19,18 +22,19 @@ import time
 import traceback
 from collections.abc import Callable
 from concurrent.futures import Future
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from multiprocessing.connection import Connection
 from typing import Any
 
 import numpy as np
 import torch
 
-from baton.bench.machine import describe_machine
-from baton.bench.probe import ComponentProbe, Span
+from baton.bench.isolation import MEMORY_FIELDS, memory_snapshot
+from baton.bench.machine import describe_machine, strict_float32, tf32_settings
+from baton.bench.probe import ComponentProbe, Span, profiled_pass
 from baton.bench.workload import Outcome, closed_loop, poisson_arrivals
-from baton.config import DenoiseConfig
-from baton.device import elapsed_s, mark_now
+from baton.config import DenoiseConfig, EngineConfig, OptimizationConfig
+from baton.device import elapsed_s, mark_now, resolve_device, resolve_dtype
 from baton.engine import Engine
 from baton.models import load_model
 from baton.request import GenerationRequest
@@ -38,6 +42,14 @@ from baton.request import GenerationRequest
 logger = logging.getLogger(__name__)
 
 MODES: tuple[str, ...] = ("stacked", "staged", "staged-step", "batched-ceiling")
+STAGED_MODES: tuple[str, ...] = ("staged", "staged-step")
+"""The modes that run baton's stages, and so the optimization options."""
+BUSY_METHODS: tuple[str, ...] = ("auto", "spans", "profiler")
+GPU_PROFILE: dict[str, Any] = {
+    "model": "sd15-random", "size": (512, 512), "dtype": "float16", "steps": 25,
+    "modes": ("stacked", "staged-step", "batched-ceiling"), "concurrency": (1, 8), "requests": 16, "timeline": False,
+}
+"""``--profile gpu``: a short, budgeted GPU run (explicit flags override each of these)."""
 PROMPTS: tuple[str, ...] = (
     "a red fox in the snow",
     "a lighthouse on a cliff at dusk, oil painting",
@@ -84,6 +96,18 @@ class ServeSettings:
     """Unmeasured requests before each load point; ``None``: one per client (at least 2)."""
     seed: int = 0
     timeline: bool = True
+    optimizations: OptimizationConfig = field(default_factory=OptimizationConfig)
+    """The options of the staged modes (``--preset`` and the flags); ``stacked`` and ``batched-ceiling`` run the
+    plain diffusers pipeline whatever this says."""
+    busy_method: str = "auto"
+    """How ``denoiser_busy`` is measured: ``profiler``: GPU kernel time inside the denoiser's forwards over the
+    wall time of an extra pass under ``torch.profiler`` after each load point (CPU time inside them on a CPU);
+    ``spans``: the denoiser's spans (CUDA events around its launches on a GPU) over the measured pass's wall time;
+    ``auto``: ``profiler`` on CUDA, ``spans`` on a CPU (where CPU time is the kernel time)."""
+    busy_requests: int | None = None
+    """Requests of the profiled pass; ``None``: one per client, at least 4 (8 for Poisson arrivals)."""
+    profile: str | None = None
+    """The ``--profile`` that set the defaults, recorded for the reader."""
 
     def __post_init__(self) -> None:
         unknown = [mode for mode in self.modes if mode not in MODES]
@@ -98,6 +122,35 @@ class ServeSettings:
         if self.requests < 1 or self.steps < 1 or self.rounds < 1:
             raise ValueError(f"`--requests`, `--steps` and `--rounds` must be >= 1, got {self.requests}, "
                              f"{self.steps} and {self.rounds}")
+        if self.busy_method not in BUSY_METHODS:
+            raise ValueError(f"`--busy-method` must be one of {list(BUSY_METHODS)}, got {self.busy_method!r}")
+        if self.busy_requests is not None and self.busy_requests < 1:
+            raise ValueError(f"`--busy-requests` must be >= 1, got {self.busy_requests}")
+        if self.optimizations != OptimizationConfig() and not set(self.modes) & set(STAGED_MODES):
+            raise ValueError(f"`--preset` and the optimization flags apply to the staged modes {list(STAGED_MODES)}; "
+                             f"`--modes` has none of them, got {list(self.modes)}")
+
+    def engine_config(self, mode: str) -> EngineConfig:
+        """The engine of an engine mode: the staged modes with the options, ``stacked`` without."""
+        staged = mode in STAGED_MODES
+        return EngineConfig(
+            models=(self.model,),
+            mode="staged" if staged else "stacked",
+            device=self.device,
+            dtype=self.dtype,
+            denoise=DenoiseConfig(batching="request" if mode == "staged" else "step", max_rows=self.max_rows),
+            max_queue=max(256, 2 * self.requests),
+            optimizations=self.optimizations if staged else OptimizationConfig(),
+        )
+
+    def profiles_busy(self, device_type: str) -> bool:
+        """Whether each load point gets the extra pass under ``torch.profiler`` (see :attr:`busy_method`)."""
+        return self.busy_method == "profiler" or (self.busy_method == "auto" and device_type == "cuda")
+
+    def busy_requests_for(self, arrival: str, value: float) -> int:
+        if self.busy_requests is not None:
+            return self.busy_requests
+        return max(4, int(value)) if arrival == "closed" else 8
 
     def request(self, index: int) -> GenerationRequest:
         return GenerationRequest(
@@ -126,16 +179,10 @@ class _EngineTarget:
 
     def __init__(self, mode: str, settings: ServeSettings) -> None:
         self.settings = settings
-        self.engine = Engine(
-            models=settings.model,
-            mode="stacked" if mode == "stacked" else "staged",
-            device=settings.device,
-            dtype=settings.dtype,
-            denoise=DenoiseConfig(batching="request" if mode == "staged" else "step", max_rows=settings.max_rows),
-            max_queue=max(256, 2 * settings.requests),
-        )
+        self.engine = Engine(settings.engine_config(mode))
         self.runner = self.engine.runners[self.engine.default_model]
-        self.probe = ComponentProbe(self.runner).__enter__()
+        # the UNet's hooks for the plain pipeline only: baton's stages call the (maybe compiled) denoiser
+        self.probe = ComponentProbe(self.runner, hook_unet=mode == "stacked").__enter__()
 
     def submit(self, index: int) -> Future:
         return self.engine.submit(self.settings.request(index))
@@ -155,8 +202,6 @@ class _CeilingTarget:
     """The plain diffusers pipeline called with every client's prompt at once."""
 
     def __init__(self, settings: ServeSettings) -> None:
-        from baton.device import resolve_device, resolve_dtype
-
         self.settings = settings
         device = resolve_device(settings.device)
         self.runner = load_model(settings.model, device, resolve_dtype(settings.dtype, device))
@@ -196,17 +241,26 @@ def run_serve(settings: ServeSettings, log: Callable[[str], None] = logger.info)
     and four engines' worker threads in one process made every mode, the plain pipeline included, 3x slower.
     Only one mode works at a time; the others wait on their pipes.
     """
-    # 1. start every mode first, so loading never overlaps a measurement
+    # 1. refuse options the device cannot honour before any process starts
+    device_here = resolve_device(settings.device)
+    if set(settings.modes) & set(STAGED_MODES):
+        from baton.optim import check_optimizations
+
+        check_optimizations(settings.engine_config("staged-step"), device_here)
+    strict_float32(resolve_dtype(settings.dtype, device_here), device_here)  # as every mode's process does
+    # 2. start every mode, so loading never overlaps a measurement
     workers: dict[str, _ModeProcess] = {}
-    results, timeline = [], {}
+    results, timeline, details = [], {}, {}
     # "all prompts at once" has no meaning for open-loop arrivals: no ceiling process then
     modes = [mode for mode in settings.modes if not (mode == "batched-ceiling" and settings.rates)]
     try:
         for mode in modes:
             log(f"loading {settings.model} for {mode}")
             workers[mode] = _ModeProcess(mode, settings)
+            details[mode] = workers[mode].call("details")
         device = workers[modes[0]].call("device")
-        # 2. rounds, then load points, then modes innermost: drift in the machine hits every mode alike
+        profiled = settings.profiles_busy(torch.device(device).type)
+        # 3. rounds, then load points, then modes innermost: drift in the machine hits every mode alike
         rounds: dict[tuple[str, str, float], list[dict]] = {}
         next_index = 0
         for round_index in range(settings.rounds):
@@ -214,12 +268,13 @@ def run_serve(settings: ServeSettings, log: Callable[[str], None] = logger.info)
                 for mode, worker in workers.items():
                     measured = worker.call("point", arrival, value, next_index)
                     next_index += settings.warmup_for(arrival, value)[1] + settings.requests
+                    next_index += settings.busy_requests_for(arrival, value) if profiled else 0
                     rounds.setdefault((mode, arrival, value), []).append(measured)
                     log(f"round {round_index + 1}/{settings.rounds} {mode:>15} {_point_label(arrival, value):>12}: "
                         f"{measured['images'] / measured['duration_s']:.2f} images/s")
         results = [summarize(mode, arrival, value, measured) for (mode, arrival, value), measured in rounds.items()]
         add_ratios(results)
-        # 3. two overlapping requests, stacked against staged: where the time goes
+        # 4. two overlapping requests, stacked against staged: where the time goes
         if settings.timeline:
             for mode in ("stacked", "staged-step"):
                 if mode in workers:
@@ -231,6 +286,7 @@ def run_serve(settings: ServeSettings, log: Callable[[str], None] = logger.info)
         "benchmark": "serve",
         "machine": describe_machine(device),
         "settings": asdict(settings),
+        "mode_details": details,
         "results": results,
         "timeline": timeline,
     }
@@ -277,6 +333,8 @@ def _serve_mode(mode: str, settings: ServeSettings, conn: Connection) -> None:
     """The child process: build the target, then answer commands until told to stop."""
     logging.basicConfig(level=logging.WARNING)
     try:
+        device = resolve_device(settings.device)
+        strict_float32(resolve_dtype(settings.dtype, device), device)  # before any model is built
         target = _CeilingTarget(settings) if mode == "batched-ceiling" else _EngineTarget(mode, settings)
     except BaseException:
         conn.send(("error", traceback.format_exc()))
@@ -296,30 +354,59 @@ def _serve_mode(mode: str, settings: ServeSettings, conn: Connection) -> None:
 
 def _answer(target: _EngineTarget | _CeilingTarget, settings: ServeSettings, command: str, args: tuple) -> Any:
     device = target.runner.device
+    cuda = device.type == "cuda"
     if command == "ready":
         return True
     if command == "device":
         return str(device)
+    if command == "details":
+        return {"dtype": str(target.runner.dtype).removeprefix("torch."), "tf32": tf32_settings(),
+                "optimizations": list(target.runner.optimizations), "memory_after_load": memory_snapshot(device)}
     if command == "point":
         arrival, value, first_index = args
         clients, warmup = settings.warmup_for(arrival, value)
         target.drive("closed", clients, warmup, first_index)
+        if cuda:
+            torch.cuda.synchronize(device)
+            torch.cuda.reset_peak_memory_stats(device)  # this point's peaks, not the previous point's
         target.probe.take()
         outcomes = target.drive(arrival, value, settings.requests, first_index + warmup)
-        if device.type == "cuda":
+        if cuda:
             torch.cuda.synchronize(device)
-        return measure(outcomes, target.probe.take())
+        measured = measure(outcomes, target.probe.take(), device.type)
+        measured["memory"] = memory_snapshot(device)
+        if settings.profiles_busy(device.type):
+            measured["busy_pass"] = busy_pass(target, arrival, value, settings.busy_requests_for(arrival, value),
+                                              first_index + warmup + settings.requests)
+        return measured
     if command == "timeline":
         return record_timeline(target, device)
     raise ValueError(f"unknown command {command!r}")
 
 
-def measure(outcomes: list[Outcome], spans: list[Span]) -> dict:
+def busy_pass(target: _EngineTarget | _CeilingTarget, arrival: str, value: float, total: int,
+              first_index: int) -> dict:
+    """``total`` more requests at the same load point under ``torch.profiler``: the denoiser's kernel time inside
+    its forwards, and the pass's wall time. Throughput and latency come from the unprofiled pass: the profiler
+    adds host time to every launch."""
+    device = target.runner.device
+    target.probe.take()
+    with profiled_pass(target.probe, device) as kernels:
+        outcomes = target.drive(arrival, value, total, first_index)
+    target.probe.take()
+    wall = max(o.finished for o in outcomes) - min(o.submitted for o in outcomes)
+    images = sum(o.images for o in outcomes if o.error is None)
+    return {"requests": total, "images": images, "wall_s": round(wall, 4), "kernel_s": round(kernels["kernel_s"], 4),
+            "ranges": kernels["ranges"], "images_per_s": round(images / wall, 4) if wall > 0 else None}
+
+
+def measure(outcomes: list[Outcome], spans: list[Span], device_type: str = "cpu") -> dict:
     """The raw numbers of one round at one load point (merged over rounds by :func:`summarize`)."""
     served = [o for o in outcomes if o.error is None]
     forwards = [span for span in spans if span.component == "denoise"]
     stages = ("text_encode", "denoise", "vae_decode", "image_encode", "pipeline")
     return {
+        "device_type": device_type,
         "requests": len(outcomes),
         "errors": [o.error for o in outcomes if o.error is not None],
         "images": sum(o.images for o in served),
@@ -363,10 +450,48 @@ def summarize(mode: str, arrival: str, value: float, rounds: list[dict]) -> dict
         "mean_s": round(float(latencies.mean()), 4),
         "denoiser_forwards": forwards,
         "denoiser_rows_per_forward": round(sum(r["rows"] for r in rounds) / forwards, 2) if forwards else None,
-        "denoiser_busy": round(sum(r["busy_s"] for r in rounds) / duration, 4),
+        **denoiser_busy(rounds, duration),
         "queue_wait_s": mean_by_stage("queue_wait_s"),
         "stage_run_s": mean_by_stage("run_s"),
+        **merge_memory([r.get("memory") or {} for r in rounds]),
     }
+
+
+def denoiser_busy(rounds: list[dict], duration: float) -> dict:
+    """``denoiser_busy`` and how it was measured: kernel time over the profiled passes' wall time where every
+    round has one, else the spans of the measured passes over their wall time."""
+    cuda = rounds[0].get("device_type") == "cuda"
+    spans = round(sum(r["busy_s"] for r in rounds) / duration, 4)
+    passes = [r.get("busy_pass") for r in rounds]
+    row: dict[str, Any] = {"denoiser_busy": spans, "denoiser_busy_method": "cuda-event-spans" if cuda else "cpu-spans",
+                           "denoiser_busy_spans": spans, "busy_pass": None}
+    if not passes or any(p is None for p in passes):
+        return row
+    wall = sum(p["wall_s"] for p in passes)
+    kernel = sum(p["kernel_s"] for p in passes)
+    images = sum(p["images"] for p in passes)
+    row["busy_pass"] = {"requests": sum(p["requests"] for p in passes), "images": images, "wall_s": round(wall, 4),
+                        "kernel_s": round(kernel, 4), "ranges": sum(p["ranges"] for p in passes),
+                        "images_per_s": round(images / wall, 4) if wall > 0 else None}
+    if kernel <= 0 and sum(r["forwards"] for r in rounds) > 0:
+        # the denoiser ran, yet no kernel was attributed to it: a profiler without CUDA activity, say
+        logger.warning("the profiled pass attributed no time to the denoiser's forwards; denoiser_busy falls back "
+                       "to the spans")
+        row["denoiser_busy_method"] += " (the profiler attributed no kernels)"
+        return row
+    row["denoiser_busy"] = round(kernel / wall, 4) if wall > 0 else None
+    row["denoiser_busy_method"] = "cuda-kernels" if cuda else "cpu-profiler"
+    return row
+
+
+def merge_memory(snapshots: list[dict]) -> dict[str, float | None]:
+    """One row's memory over its rounds: the highest peaks, the least free device memory."""
+    merged: dict[str, float | None] = {}
+    for name in MEMORY_FIELDS:
+        values = [s[name] for s in snapshots if s.get(name) is not None]
+        pick = min if name == "device_free_gb" else max
+        merged[name] = pick(values) if values else None
+    return merged
 
 
 def add_ratios(results: list[dict]) -> None:
