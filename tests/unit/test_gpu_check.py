@@ -77,6 +77,19 @@ def test_later_parts_are_skipped_when_the_budget_is_short(tmp_path):
     assert "[too-big] never" not in (tmp_path / "log.txt").read_text()
 
 
+def test_a_stretching_part_gets_what_the_earlier_parts_left_short_of_the_later_caps(tmp_path):
+    quick = check.Part("quick", python("print('done')"), cap_s=20)
+    compile_like = check.Part("compile", python("print('compiling')"), cap_s=5, stretch=True)
+    last = check.Part("last", python("print('last')"), cap_s=10)
+
+    summary = check.run_check([quick, compile_like, last], tmp_path / "out", budget_s=60, env=env())
+
+    caps = {part["name"]: part["cap_s"] for part in summary["parts"]}
+    assert caps["quick"] == 20 and caps["last"] == 10
+    assert 40 <= caps["compile"] <= 50  # 60 s less what "quick" took, less the 10 s kept for "last"
+    assert all(part["status"] == "ok" for part in summary["parts"])
+
+
 def test_each_part_result_and_the_summary_exist_as_soon_as_it_ends(tmp_path):
     out, scratch = tmp_path / "out", tmp_path / "scratch"
     scratch.mkdir()

@@ -27,6 +27,7 @@ import time
 import traceback
 import uuid
 import warnings
+from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import Future
 from contextlib import contextmanager
@@ -66,7 +67,7 @@ class Sync:
     baton_frame: str | None  # the innermost frame in baton's own code
     thread: str
     in_step_loop: bool
-    label: str = ""  # what was running (model and sampler), set by the caller
+    sampler: str = ""  # the sampler whose request was running, set by the caller
 
 
 class HostSyncGuard(TorchDispatchMode):
@@ -80,14 +81,14 @@ class HostSyncGuard(TorchDispatchMode):
         super().__init__()
         self.device = device
         self.syncs: list[Sync] = []
-        self.label = ""
+        self.sampler = ""
         self._pinning = torch.cuda.is_available()
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         problem = self._problem(func, args, kwargs)
         if problem is not None:
-            self.syncs.append(_sync(*problem, label=self.label))
+            self.syncs.append(_sync(*problem, sampler=self.sampler))
         return func(*args, **kwargs)
 
     def _problem(self, func, args, kwargs) -> tuple[str, str] | None:
@@ -146,6 +147,7 @@ def step_loop_syncs(model: str, samplers: tuple[str, ...] | None = None, steps: 
             [job.embeddings] = runner.encode([PromptInput(request.prompt, None, guided)])
             jobs.append(job)
         guard = HostSyncGuard("meta")
+        guard.sampler = samplers[0] if samplers and len(samplers) == 1 else ""
         with guard:
             stage.run_now(jobs)
     failures = {job.request.scheduler: repr(job.future.exception()) for job in jobs
@@ -159,7 +161,7 @@ class CudaSyncAudit:
 
     def __init__(self) -> None:
         self.syncs: list[Sync] = []
-        self.label = ""
+        self.sampler = ""
         self._lock = threading.Lock()
 
     @contextmanager
@@ -183,7 +185,7 @@ class CudaSyncAudit:
             logger.warning("%s:%s: %s", filename, lineno, text)
             return
         with self._lock:
-            self.syncs.append(_sync("cuda sync", text.splitlines()[0], label=self.label))
+            self.syncs.append(_sync("cuda sync", text.splitlines()[0], sampler=self.sampler))
 
 
 def audit_cuda(models: tuple[str, ...], steps: int = 10, size: int | None = None) -> list[dict]:
@@ -202,7 +204,7 @@ def audit_cuda(models: tuple[str, ...], steps: int = 10, size: int | None = None
             engine.generate(prompt="warm-up", steps=2, width=side, height=side, seed=0)
             with audit.active():
                 for sampler in runner.schedulers.names:
-                    audit.label = f"{model} {sampler}"
+                    audit.sampler = sampler
                     engine.generate(prompt="a red fox", steps=steps, width=side, height=side, seed=1,
                                     scheduler=sampler, num_images=2)
             results.append(_model_result(model, runner.schedulers.names, runner.schedulers.unsupported, audit.syncs,
@@ -211,36 +213,46 @@ def audit_cuda(models: tuple[str, ...], steps: int = 10, size: int | None = None
 
 
 def audit_meta(models: tuple[str, ...], steps: int = 10) -> list[dict]:
-    """:func:`step_loop_syncs` for each model, every sampler batched together."""
+    """:func:`step_loop_syncs` for each model and sampler, one sampler at a time so each sync is labelled with its
+    own (the tests batch them all together too). Samplers refused on CUDA are audited as well, to show why."""
     from baton.models import load_model
+    from baton.models.schedulers import unsupported_samplers
 
     results = []
     for model in models:
-        syncs, failures = step_loop_syncs(model, steps=steps)
-        factory = load_model(model, torch.device("meta"), torch.float32).schedulers
-        results.append(_model_result(model, factory.names, factory.unsupported, syncs, failures))
+        runner = load_model(model, torch.device("meta"), torch.float32)
+        syncs, failures = [], {}
+        for sampler in runner.schedulers.names:
+            found, failed = step_loop_syncs(model, (sampler,), steps=steps)
+            syncs += found
+            failures.update(failed)
+        refused_on_cuda = unsupported_samplers(runner.pipeline.scheduler.config, torch.device("cuda"))
+        results.append(_model_result(model, runner.schedulers.names, refused_on_cuda, syncs, failures))
     return results
 
 
 def _model_result(model: str, samplers, refused: dict[str, str], syncs: list[Sync],
                   failures: dict[str, str]) -> dict:
+    """One model's findings; identical syncs (same sampler, place and kind) are listed once with their count.
+    ``step_loop_syncs`` counts those of the samplers baton serves on CUDA (the refused ones show why they are)."""
+    counts = Counter(syncs)
     return {
         "model": model,
         "samplers": list(samplers),
-        "refused": dict(refused),
+        "refused_on_cuda": dict(refused),
         "failed": failures,
-        "step_loop_syncs": sum(sync.in_step_loop for sync in syncs),
-        "syncs": [asdict(sync) for sync in syncs],
+        "step_loop_syncs": sum(sync.in_step_loop and sync.sampler not in refused for sync in syncs),
+        "syncs": [{**asdict(sync), "count": count} for sync, count in counts.items()],
     }
 
 
-def _sync(kind: str, detail: str, label: str) -> Sync:
+def _sync(kind: str, detail: str, sampler: str) -> Sync:
     stack = traceback.extract_stack()
     outside = [frame for frame in stack if not any(part in frame.filename for part in _OWN_FILES)]
     ours = [frame for frame in outside if "/baton/" in frame.filename]
     in_loop = any(frame.name in _STEP_LOOP and frame.filename.endswith("stages/denoise.py") for frame in stack)
     return Sync(kind, detail, _frame(outside[-1]) if outside else "?", _frame(ours[-1]) if ours else None,
-                threading.current_thread().name, in_loop, label)
+                threading.current_thread().name, in_loop, sampler)
 
 
 def _frame(frame: traceback.FrameSummary) -> str:
@@ -283,12 +295,15 @@ def main(argv: list[str] | None = None) -> int:
         "results": results,
     }
     for result in results:
-        print(f"{result['model']}: {len(result['syncs'])} sync(s), {result['step_loop_syncs']} in the step loop; "
-              f"samplers {', '.join(result['samplers'])}" + (f"; refused {sorted(result['refused'])}"
-                                                             if result["refused"] else ""))
+        refused = sorted(result["refused_on_cuda"])
+        served = [name for name in result["samplers"] if name not in refused]
+        elsewhere = sum(sync["count"] for sync in result["syncs"]) - result["step_loop_syncs"]
+        print(f"{result['model']}: {result['step_loop_syncs']} sync(s) in the step loop of the samplers served on "
+              f"CUDA ({', '.join(served)}); {elsewhere} elsewhere" + (f" or in those refused there ({', '.join(refused)})"
+                                                                    if refused else ""))
         for sync in result["syncs"]:
-            print(f"  [{sync['label'] or '-'}] {sync['kind']} in {sync['thread']} at {sync['where']} "
-                  f"(baton: {sync['baton_frame']}): {sync['detail']}")
+            print(f"  {sync['count']:>3} x [{sync['sampler'] or '-'}] {sync['kind']} in {sync['thread']} at "
+                  f"{sync['where']} (baton: {sync['baton_frame']}): {sync['detail']}")
     if args.json is not None:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(report, indent=2))
