@@ -128,7 +128,7 @@ class CompileConfig:
     batch_buckets: tuple[int, ...] = (1, 2, 4, 6, 8, 12, 16)
     """Denoiser row counts compiled; a forward with ``r`` rows runs in the smallest bucket ``>= r``.
 
-    Finer than powers of two, so that 10 rows (5 guided images) run as 12, not 16: at most a third of a forward
+    Finer than powers of two, so that 10 rows (5 guided images) run as 12, not 16: at most a quarter of a forward
     is padding from 4 rows up. Each bucket costs one compile at start-up; CUDA graphs of all buckets share one
     memory pool, sized by the largest (captured first), so a smaller bucket adds only its static input and
     output buffers (docs/optimizations.md has the numbers)."""

@@ -114,7 +114,8 @@ class StageStream:
     def __init__(self, device: torch.device, high_priority: bool = False) -> None:
         self.stream = None
         if device.type == "cuda":
-            # priorities run from 0 (the default, lowest) down to a negative "greatest" value, -5 on Hopper
+            # priorities run from 0 (the default, lowest) down to a negative "greatest" value (CUDA's range,
+            # clamped by torch to the priority pools it keeps)
             priority = _greatest_stream_priority() if high_priority else 0
             self.stream = torch.cuda.Stream(device, priority=priority)
 

@@ -74,3 +74,20 @@ def _with(request: GenerationRequest, **fields) -> GenerationRequest:
     import dataclasses
 
     return dataclasses.replace(request, **fields)
+
+
+def test_a_models_own_sampler_that_baton_does_not_list_draws_its_noise_as_diffusers_does():
+    """A folder configured with DDPM (which adds noise at every step): the step noise is routed like the listed
+    samplers' and the image still equals diffusers'."""
+    from diffusers import DDPMScheduler
+
+    from baton.models.builtin import SD15_SCHEDULER
+    from baton.models.schedulers import SchedulerFactory
+
+    with Engine(models="tiny-sd15", device="cpu") as engine:
+        runner = engine.runners["tiny-sd15"]
+        # (clip_sample off, as StableDiffusionPipeline rewrites it in the scheduler of a folder it loads)
+        ddpm = DDPMScheduler.from_config({**SD15_SCHEDULER, "clip_sample": False})
+        runner.schedulers = SchedulerFactory(ddpm, runner.scheduler_config_fixes)
+        request = GenerationRequest(prompt="a red fox", width=64, height=64, steps=4, seed=5, output_format="np")
+        assert_matches_reference(engine, engine.generate(request), request)

@@ -85,7 +85,8 @@ class ComponentProbe:
     def __enter__(self) -> ComponentProbe:
         for component, module in self._modules:
             self._handles.append(module.register_forward_pre_hook(self._before_for(component), with_kwargs=True))
-            self._handles.append(module.register_forward_hook(self._after_for(component), with_kwargs=True))
+            self._handles.append(module.register_forward_hook(self._after_for(component), with_kwargs=True,
+                                                                  always_call=True))
         self._wrapped_denoiser = self._runner.denoiser
         self._runner.denoiser = self._denoiser_for(self._wrapped_denoiser)
         return self
@@ -167,7 +168,8 @@ def profiled_pass(probe: ComponentProbe, device: torch.device) -> Iterator[dict[
         activities.append(torch.profiler.ProfilerActivity.CUDA)
     try:  # the stages run on threads started before the profiler: it must follow every thread
         options = {"experimental_config": torch._C._profiler._ExperimentalConfig(profile_all_threads=True)}
-    except TypeError:  # an older torch without the switch follows every thread already
+    except TypeError:  # an older torch: ranges on threads started before the profiler go unseen, and the
+        # busy figure falls back to the spans (the row says so)
         options = {}
     outcome: dict[str, Any] = {}
     probe.label_denoiser = True

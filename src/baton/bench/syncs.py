@@ -7,7 +7,7 @@ next forward, so baton's step loop (admission and every step, for every sampler)
 
 - :class:`HostSyncGuard` finds them without a GPU. The step loop runs on the ``meta`` device (shapes, no data):
   the guard sees every aten op and flags reads of device tensors, host↔device copies that would block, and
-  (where CUDA exists) copies from memory that is not pinned. :func:`step_loop_syncs` runs it over baton's real
+  (when the device is CUDA) copies from memory that is not pinned. :func:`step_loop_syncs` runs it over baton's real
   denoise stage; the tests run it for every sampler, so a sync cannot come back unnoticed.
 - :func:`audit_cuda` is the same question asked of a real GPU: ``torch.cuda.set_sync_debug_mode("warn")`` over
   one request per sampler through a real engine, each sync reported with its file:line and thread.
@@ -75,14 +75,14 @@ class HostSyncGuard(TorchDispatchMode):
 
     ``device`` is the device type the work runs on: ``meta`` for the CPU check (any real read of a meta tensor
     also fails outright), or ``cuda``. A host-to-device copy passes when it is ``non_blocking`` and, where CUDA
-    exists to pin with, from pinned memory."""
+    exists to pin with (``device`` is ``cuda``), from pinned memory."""
 
     def __init__(self, device: str = "meta") -> None:
         super().__init__()
         self.device = device
         self.syncs: list[Sync] = []
         self.sampler = ""
-        self._pinning = torch.cuda.is_available()
+        self._pinning = device == "cuda"  # a copy to any other device is never pinned (copy_to_device)
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
@@ -226,7 +226,8 @@ def audit_meta(models: tuple[str, ...], steps: int = 10) -> list[dict]:
             found, failed = step_loop_syncs(model, (sampler,), steps=steps)
             syncs += found
             failures.update(failed)
-        refused_on_cuda = unsupported_samplers(runner.pipeline.scheduler.config, torch.device("cuda"))
+        scheduler = runner.pipeline.scheduler
+        refused_on_cuda = unsupported_samplers(scheduler.config, torch.device("cuda"), type(scheduler))
         results.append(_model_result(model, runner.schedulers.names, refused_on_cuda, syncs, failures))
     return results
 
@@ -307,7 +308,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.json is not None:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(report, indent=2))
-    return 0
+    return 1 if report["step_loop_syncs"] else 0  # a sync in the step loop is a failure, also for make gpu-check
 
 
 if __name__ == "__main__":

@@ -54,6 +54,15 @@ def _randn_tensor(shape, generator=None, device=None, dtype=None, layout=None, *
     return diffusers_randn_tensor(shape, generator=generator, device=device, dtype=dtype, layout=layout, **kwargs)
 
 
+def step_generator(scheduler: object, generator: torch.Generator) -> DeviceNoise | torch.Generator:
+    """What a request passes to its sampler's ``step()`` as ``generator``: a :class:`DeviceNoise` where the
+    sampler's module draws through ``randn_tensor`` (routed here first, so a model's own sampler class that baton
+    does not list is covered too), else the generator itself."""
+    route_step_noise([type(scheduler)])
+    module = sys.modules[type(scheduler).__module__]
+    return DeviceNoise(generator) if getattr(module, "randn_tensor", None) is _randn_tensor else generator
+
+
 def route_step_noise(scheduler_classes: Iterable[type]) -> None:
     """Make the samplers' ``step()`` accept a :class:`DeviceNoise` generator (idempotent)."""
     for cls in scheduler_classes:

@@ -50,8 +50,10 @@ SYNCING_ON_CUDA: dict[type[SchedulerMixin], str] = {
 route_step_noise(cls for cls in SCHEDULER_CLASSES.values() if cls is not None)
 
 
-def unsupported_samplers(config, device: torch.device | None = None) -> dict[str, str]:
-    """Sampler names that cannot sample a model with this scheduler config on ``device``, each with the reason."""
+def unsupported_samplers(config, device: torch.device | None = None,
+                         own_class: type[SchedulerMixin] | None = None) -> dict[str, str]:
+    """Sampler names that cannot sample a model with this scheduler config on ``device``, each with the reason;
+    ``own_class`` is the model's own sampler class (what ``default`` names)."""
     unsupported = {}
     if config.get(ZERO_TERMINAL_SNR, False):
         unsupported = {
@@ -64,6 +66,8 @@ def unsupported_samplers(config, device: torch.device | None = None) -> dict[str
         for name, cls in SCHEDULER_CLASSES.items():
             if cls in SYNCING_ON_CUDA:
                 unsupported.setdefault(name, SYNCING_ON_CUDA[cls])
+        if own_class in SYNCING_ON_CUDA:
+            unsupported["default"] = f"the model's own sampler is {own_class.__name__}: {SYNCING_ON_CUDA[own_class]}"
     return unsupported
 
 
@@ -80,11 +84,8 @@ class SchedulerFactory:
         self._fixes = config_fixes or {}
         self._templates: dict[str, SchedulerMixin] = {}
         self._lock = threading.Lock()
-        self.unsupported = unsupported_samplers(base.config, device)
+        self.unsupported = unsupported_samplers(base.config, device, type(base))
         """Sampler name -> why this model cannot use it; requests naming one are refused."""
-        if device is not None and device.type == "cuda" and type(base) in SYNCING_ON_CUDA:
-            self.unsupported["default"] = f"the model's own sampler is {type(base).__name__}: " + \
-                SYNCING_ON_CUDA[type(base)]
 
     @property
     def names(self) -> tuple[str, ...]:

@@ -25,7 +25,7 @@ from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from baton.config import DenoiseConfig
 from baton.device import copy_to_device, labelled
 from baton.errors import EngineClosedError, StageError
-from baton.models.noise import DeviceNoise
+from baton.models.noise import step_generator
 from baton.models.runner import Conditioning
 from baton.scheduling import Running, StepPolicy, Waiting
 from baton.stages.base import IDLE_POLL_S, BatchStage, Stage, without_entries
@@ -118,10 +118,11 @@ class DenoiseStage(Stage):
         now = time.perf_counter()
         for job in jobs:
             job.enter(self.name, now)
-        self._admit([Waiting(job, self.batch_key(job), self.batch_size(job), now) for job in jobs])
-        while self._running:
-            key = self._running[0].key
-            self._forward([state for state in self._running if state.key == key])
+        with self.stream.active():  # as the worker: the waits on each job's event are this stream's
+            self._admit([Waiting(job, self.batch_key(job), self.batch_size(job), now) for job in jobs])
+            while self._running:
+                key = self._running[0].key
+                self._forward([state for state in self._running if state.key == key])
 
     # -- the step loop: schedule → execute → update ---------------------------------------------------------------
     def _serve(self) -> None:
@@ -295,5 +296,5 @@ def _step_kwargs(scheduler: SchedulerMixin, generator: torch.Generator) -> dict[
     if "eta" in accepted:
         kwargs["eta"] = 0.0
     if "generator" in accepted:
-        kwargs["generator"] = DeviceNoise(generator)
+        kwargs["generator"] = step_generator(scheduler, generator)
     return kwargs
