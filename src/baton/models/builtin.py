@@ -9,6 +9,7 @@ they draw are noise.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -181,26 +182,6 @@ SPECS: dict[str, BuiltinSpec] = {
             text_encoder_2=_clip_text(32, 2, 4, 64, "gelu", 32, vocab_size=_BYTE_VOCAB),
         ),
         BuiltinSpec(
-            name="tiny-lcm",
-            family="sd15",
-            description="tiny random guidance-distilled (LCM) SD1.5-style pipeline for tests: the UNet embeds the "
-                        "guidance scale (time_cond_proj_dim), LCM sampler",
-            unet={**_TINY_UNET, "cross_attention_dim": 32, "time_cond_proj_dim": 32},
-            vae=_TINY_VAE,
-            text_encoder=_clip_text(32, 2, 4, 64, "quick_gelu", 32, vocab_size=_BYTE_VOCAB),
-            scheduler=LCM_SCHEDULER,
-        ),
-        BuiltinSpec(
-            name="tiny-sdxl-lcm",
-            family="sdxl",
-            description="tiny random guidance-distilled (LCM) SDXL-style pipeline for tests",
-            unet={**_TINY_SDXL_UNET, "time_cond_proj_dim": 32},
-            vae={**_TINY_VAE, "scaling_factor": 0.13025},
-            text_encoder=_clip_text(32, 2, 4, 64, "quick_gelu", 32, vocab_size=_BYTE_VOCAB),
-            text_encoder_2=_clip_text(32, 2, 4, 64, "gelu", 32, vocab_size=_BYTE_VOCAB),
-            scheduler=LCM_SCHEDULER,
-        ),
-        BuiltinSpec(
             name="sd15-random",
             family="sd15",
             description="Stable Diffusion 1.5 shapes (860M UNet, CLIP ViT-L/14 text), random weights",
@@ -232,3 +213,16 @@ SPECS: dict[str, BuiltinSpec] = {
         ),
     )
 }
+
+
+def _guidance_distilled(spec: BuiltinSpec, name: str) -> BuiltinSpec:
+    """``spec`` as an LCM-distilled checkpoint of it is: a UNet that embeds the guidance scale (its
+    ``time_cond_proj_dim``, 256 in the published ones), and the LCM sampler."""
+    return dataclasses.replace(
+        spec, name=name, unet={**spec.unet, "time_cond_proj_dim": 32}, scheduler=LCM_SCHEDULER,
+        description=f"{spec.description}, guidance-distilled as LCM models are (timestep_cond, LCM sampler)",
+    )
+
+
+for _name, _base in (("tiny-lcm", "tiny-sd15"), ("tiny-sdxl-lcm", "tiny-sdxl")):
+    SPECS[_name] = _guidance_distilled(SPECS[_base], _name)
