@@ -154,10 +154,6 @@ _TINY_UNET = dict(
     down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
     attention_head_dim=(2, 4),
 )
-_TINY_SDXL_UNET = {
-    **_TINY_UNET, "cross_attention_dim": 64, "use_linear_projection": True, "transformer_layers_per_block": (1, 2),
-    "addition_embed_type": "text_time", "addition_time_embed_dim": 8, "projection_class_embeddings_input_dim": 6 * 8 + 32,
-}
 # Four VAE levels, like the real one, so the latent is 1/8 of the image and sizes mean the same as for SD.
 _TINY_VAE = _vae((16, 32, 32, 32), layers=1, groups=16, sample_size=256)
 
@@ -176,7 +172,11 @@ SPECS: dict[str, BuiltinSpec] = {
             name="tiny-sdxl",
             family="sdxl",
             description="tiny random SDXL-style pipeline for tests (two text encoders, text_time conditioning)",
-            unet=_TINY_SDXL_UNET,
+            unet={
+                **_TINY_UNET, "cross_attention_dim": 64, "use_linear_projection": True,
+                "transformer_layers_per_block": (1, 2), "addition_embed_type": "text_time",
+                "addition_time_embed_dim": 8, "projection_class_embeddings_input_dim": 6 * 8 + 32,
+            },
             vae={**_TINY_VAE, "scaling_factor": 0.13025},
             text_encoder=_clip_text(32, 2, 4, 64, "quick_gelu", 32, vocab_size=_BYTE_VOCAB),
             text_encoder_2=_clip_text(32, 2, 4, 64, "gelu", 32, vocab_size=_BYTE_VOCAB),

@@ -17,7 +17,6 @@ baseline's real generators) to diffusers unchanged.
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterable
 
 import torch
 from diffusers.utils.torch_utils import randn_tensor as diffusers_randn_tensor
@@ -56,16 +55,9 @@ def _randn_tensor(shape, generator=None, device=None, dtype=None, layout=None, *
 
 def step_generator(scheduler: object, generator: torch.Generator) -> DeviceNoise | torch.Generator:
     """What a request passes to its sampler's ``step()`` as ``generator``: a :class:`DeviceNoise` where the
-    sampler's module draws through ``randn_tensor`` (routed here first, so a model's own sampler class that baton
-    does not list is covered too), else the generator itself."""
-    route_step_noise([type(scheduler)])
+    sampler's module draws through diffusers' ``randn_tensor`` (routed through :func:`_randn_tensor` on first
+    use, whatever the sampler class), else the generator itself."""
     module = sys.modules[type(scheduler).__module__]
+    if getattr(module, "randn_tensor", None) is diffusers_randn_tensor:
+        module.randn_tensor = _randn_tensor
     return DeviceNoise(generator) if getattr(module, "randn_tensor", None) is _randn_tensor else generator
-
-
-def route_step_noise(scheduler_classes: Iterable[type]) -> None:
-    """Make the samplers' ``step()`` accept a :class:`DeviceNoise` generator (idempotent)."""
-    for cls in scheduler_classes:
-        module = sys.modules[cls.__module__]
-        if getattr(module, "randn_tensor", None) is diffusers_randn_tensor:
-            module.randn_tensor = _randn_tensor

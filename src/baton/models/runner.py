@@ -46,12 +46,19 @@ TIMESTEP_COND = "timestep_cond"
 copied into a CUDA graph's buffers alike) and goes to the UNet as its ``timestep_cond`` argument."""
 
 
-def split_timestep_cond(added: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], torch.Tensor | None]:
-    """The added conditions without :data:`TIMESTEP_COND`, and that tensor (``None`` when absent)."""
-    if TIMESTEP_COND not in added:
-        return added, None
-    rest = dict(added)
-    return rest, rest.pop(TIMESTEP_COND)
+def call_unet(
+    unet: Callable[..., Any], latents: torch.Tensor, timesteps: torch.Tensor, hidden: torch.Tensor,
+    added: dict[str, torch.Tensor],
+) -> torch.Tensor:
+    """``unet`` (the module, or it compiled) called as the diffusers pipelines call it: :data:`TIMESTEP_COND` as
+    its ``timestep_cond``, the other added conditions as ``added_cond_kwargs``."""
+    timestep_cond = added.get(TIMESTEP_COND)
+    if timestep_cond is not None:
+        added = {name: tensor for name, tensor in added.items() if name != TIMESTEP_COND}
+    return unet(
+        latents, timesteps, encoder_hidden_states=hidden, timestep_cond=timestep_cond,
+        added_cond_kwargs=added or None, return_dict=False,
+    )[0]
 
 
 @dataclass(slots=True)
@@ -255,11 +262,7 @@ class ModelRunner(ABC):
         self, latents: torch.Tensor, timesteps: torch.Tensor, hidden: torch.Tensor, added: dict[str, torch.Tensor]
     ) -> torch.Tensor:
         """The UNet itself, called as the diffusers pipelines call it."""
-        added, timestep_cond = split_timestep_cond(added)
-        return self.pipeline.unet(
-            latents, timesteps, encoder_hidden_states=hidden, timestep_cond=timestep_cond,
-            added_cond_kwargs=added or None, return_dict=False,
-        )[0]
+        return call_unet(self.pipeline.unet, latents, timesteps, hidden, added)
 
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         """Latents [B, C, h, w] → pixels [B, 3, H, W] in [0, 1], on the device."""

@@ -24,7 +24,6 @@ from diffusers import (
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 
 from baton.models.builtin import muted
-from baton.models.noise import route_step_noise
 
 SCHEDULER_CLASSES: dict[str, type[SchedulerMixin] | None] = {
     "default": None,  # the model's own scheduler, as its folder configures it
@@ -46,8 +45,6 @@ SYNCING_ON_CUDA: dict[type[SchedulerMixin], str] = {
     "and a linalg.solve), which would stall the GPU between steps; dpmpp_2m is the multistep sampler that does not",
 }
 """Samplers whose step() makes the host wait for the GPU: refused on CUDA, where the step loop must not sync."""
-
-route_step_noise(cls for cls in SCHEDULER_CLASSES.values() if cls is not None)
 
 
 def unsupported_samplers(config, device: torch.device | None = None,

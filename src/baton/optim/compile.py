@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from baton.models.runner import Denoiser, split_timestep_cond
+from baton.models.runner import Denoiser, call_unet
 
 logger = logging.getLogger(__name__)
 
@@ -60,11 +60,7 @@ def compiled_unet(unet: torch.nn.Module, mode: str, fullgraph: bool) -> Denoiser
     # (no mode captures CUDA graphs: OptimizationConfig.cuda_graphs does, so outputs are never reused buffers)
 
     def forward(latents, timesteps, hidden, added):
-        added, timestep_cond = split_timestep_cond(added)
-        return compiled(
-            latents, timesteps, encoder_hidden_states=hidden, timestep_cond=timestep_cond,
-            added_cond_kwargs=added or None, return_dict=False,
-        )[0]
+        return call_unet(compiled, latents, timesteps, hidden, added)
 
     return forward
 
