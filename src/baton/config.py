@@ -29,8 +29,13 @@ class RequestLimits:
 
     min_size: int = 64
     """Smallest allowed width or height, in pixels."""
-    max_size: int = 2048
-    """Largest allowed width or height, in pixels."""
+    max_size: int | None = None
+    """Largest allowed width or height, in pixels, for every model. ``None``: each model's own limit, from
+    :attr:`model_max_size`, else its folder's ``baton.json``, else twice its native side (shapes 128, SD1.5 1024,
+    SDXL 2048). Compute grows with the square of the side (and attention faster), so one oversized request can
+    hold the denoiser for minutes: the limit should fit the model, not the largest model anyone serves."""
+    model_max_size: tuple[tuple[str, int], ...] = ()
+    """Per-model limits that win over everything else: ``(("shapes", 256), ("tiny-sd15", 512))``."""
     size_multiple: int = 8
     """Width and height must be multiples of this (the VAE downsamples by 8)."""
     max_steps: int = 200
@@ -43,10 +48,26 @@ class RequestLimits:
     def __post_init__(self) -> None:
         _require(self.size_multiple >= 1, "size_multiple", self.size_multiple, "must be >= 1")
         _require(self.min_size >= self.size_multiple, "min_size", self.min_size, "must be >= size_multiple")
-        _require(self.max_size >= self.min_size, "max_size", self.max_size, f"must be >= min_size ({self.min_size})")
+        _require(self.max_size is None or self.max_size >= self.min_size, "max_size", self.max_size,
+                 f"must be None or >= min_size ({self.min_size})")
         _require(self.max_steps >= 1, "max_steps", self.max_steps, "must be >= 1")
         _require(self.max_images >= 1, "max_images", self.max_images, "must be >= 1")
         _require(self.max_priority >= 0, "max_priority", self.max_priority, "must be >= 0")
+        object.__setattr__(self, "model_max_size", tuple(tuple(pair) for pair in self.model_max_size))
+        for model, side in self.model_max_size:
+            _require(isinstance(model, str) and model and isinstance(side, int) and side >= self.min_size,
+                     "model_max_size", (model, side), f"must pair a model name with a size >= {self.min_size}")
+
+    def max_size_for(self, model: str, native_size: int, folder_max_size: int | None = None) -> int:
+        """The largest side a request to ``model`` may ask for (see :attr:`max_size`)."""
+        by_model = dict(self.model_max_size)
+        if model in by_model:
+            return by_model[model]
+        if self.max_size is not None:
+            return self.max_size
+        if folder_max_size is not None:
+            return folder_max_size
+        return max(self.min_size, 2 * native_size)
 
 
 @dataclass(frozen=True, slots=True)
@@ -260,6 +281,11 @@ class EngineConfig:
     """Compute dtype of the models. ``auto``: float16 on CUDA, float32 on CPU."""
     max_queue: int = 256
     """Requests admitted but not finished, at most; past that, :class:`~baton.QueueFullError`."""
+    max_queued_pixel_steps: int | None = None
+    """Work admitted but not finished, at most, in pixel-steps (images x width x height x steps, summed over the
+    requests); past that, :class:`~baton.QueueFullError`. Requests differ in cost by orders of magnitude, so a
+    count alone lets a few large ones queue minutes of work. A request is always admitted into an empty engine.
+    ``None``: 128 images at the largest loaded model's native size and 30 steps (SD1.5 1.0e9, SDXL 4.0e9)."""
     stage_queue_size: int = 64
     """Capacity of each queue between stages; a full queue makes the stage before it wait (backpressure)."""
     encode: StageConfig = field(default_factory=lambda: StageConfig(max_batch_images=16, cpu_threads=1))
@@ -307,6 +333,8 @@ class EngineConfig:
             "must be 'auto', 'cpu', 'cuda' or 'cuda:N'",
         )
         _require(self.max_queue >= 1, "max_queue", self.max_queue, "must be >= 1")
+        _require(self.max_queued_pixel_steps is None or self.max_queued_pixel_steps >= 1, "max_queued_pixel_steps",
+                 self.max_queued_pixel_steps, "must be None or >= 1")
         _require(self.stage_queue_size >= 1, "stage_queue_size", self.stage_queue_size, "must be >= 1")
         _require(self.image_workers >= 1, "image_workers", self.image_workers, "must be >= 1")
         _require(self.gil_switch_interval_s is None or self.gil_switch_interval_s > 0, "gil_switch_interval_s",

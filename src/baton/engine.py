@@ -24,12 +24,13 @@ from baton.errors import EngineClosedError, EngineDeadError, QueueFullError
 from baton.executors import Executor, StackedExecutor, StagedExecutor
 from baton.models import SCHEDULER_NAMES, ModelRunner, load_model
 from baton.optim import apply_optimizations, check_optimizations
-from baton.request import GenerationRequest, GenerationResult, validate_request
+from baton.request import DEFAULT_STEPS, GenerationRequest, GenerationResult, pixel_steps, validate_request
 from baton.stages import Job, PreviewCallback, ProgressCallback
 
 logger = logging.getLogger(__name__)
 
 _SEED_RANGE = 2**31  # drawn seeds stay small enough to type back in
+DEAD_SHUTDOWN_TIMEOUT_S = 10.0
 
 
 class Engine:
@@ -56,8 +57,11 @@ class Engine:
         self._lock = threading.Lock()
         self._inflight: dict[str, Job] = {}
         self._closed = False
+        self._shut_down = False
         self._dead: BaseException | None = None
         self._abort = threading.Event()
+        self._queued_pixel_steps = 0
+        self._busy_since = time.monotonic()
 
         # 1. load every model and apply the optimizations before any worker starts: a bad name fails here
         self.runners: dict[str, ModelRunner] = {}
@@ -70,6 +74,11 @@ class Engine:
                 logger.info("%s: %s", name, line)
             self.runners[name] = runner
         self.default_model = self.config.models[0]
+        self.max_sizes = {name: self.config.limits.max_size_for(name, runner.default_size, runner.max_size)
+                          for name, runner in self.runners.items()}
+        """The largest width or height each model takes (``RequestLimits.max_size``)."""
+        self.max_queued_pixel_steps = self.config.max_queued_pixel_steps or (
+            128 * max(runner.default_size for runner in self.runners.values()) ** 2 * DEFAULT_STEPS)
 
         # 2. start the workers (with a short GIL switch interval: see EngineConfig.gil_switch_interval_s)
         self._holds_switch_interval = False
@@ -129,7 +138,9 @@ class Engine:
             progress=progress,
             preview=preview,
             preview_every=preview_every,
+            warnings=self.prompt_warnings(request),
         )
+        work = pixel_steps(request)
         with self._lock:
             if self._closed:
                 raise EngineClosedError("the engine is closed")
@@ -137,8 +148,17 @@ class Engine:
                 raise QueueFullError(
                     f"the engine holds {len(self._inflight)} requests, its limit (`max_queue`); retry later"
                 )
+            if self._inflight and self._queued_pixel_steps + work > self.max_queued_pixel_steps:
+                raise QueueFullError(
+                    f"the engine holds {self._queued_pixel_steps:.3g} pixel-steps of work and this request adds "
+                    f"{work:.3g}; the limit is {self.max_queued_pixel_steps:.3g} (`max_queued_pixel_steps`); "
+                    "retry later"
+                )
+            if not self._inflight:
+                self._busy_since = time.monotonic()  # the watchdog's clock starts when work arrives
             self._inflight[job.request_id] = job
-        future.add_done_callback(lambda _: self._forget(job.request_id))
+            self._queued_pixel_steps += work
+        future.add_done_callback(lambda _: self._forget(job.request_id, work))
         # 4. hand it to the workers, never blocking the caller (an event loop, say): a full first queue is a full
         # engine too (cancelled requests can linger there until the stage reaches them)
         if not self._executor.enqueue(job):
@@ -185,8 +205,22 @@ class Engine:
             schedulers = runner.schedulers
             max_steps = schedulers.max_steps(request.scheduler) if request.scheduler in schedulers.names else None
             validate_request(request, self.config.limits, tuple(self.runners), schedulers.names,
-                             schedulers.unsupported, max_steps)
+                             schedulers.unsupported, max_steps, self.max_sizes[model])
         return request
+
+    def prompt_warnings(self, request: GenerationRequest) -> list[str]:
+        """A line for each prompt of the resolved ``request`` that is longer than its model's text encoder reads
+        (the encoder uses the first tokens and ignores the rest)."""
+        runner = self.runners[request.model]
+        warnings = []
+        for field in ("prompt", "negative_prompt"):
+            text = getattr(request, field)
+            if text:
+                given, read = runner.prompt_tokens(text)
+                if given > read:
+                    warnings.append(f"`{field}` has {given} tokens; the text encoder read the first {read} and "
+                                    "ignored the rest")
+        return warnings
 
     # -- state ----------------------------------------------------------------------------------------------------
     @property
@@ -203,14 +237,26 @@ class Engine:
     def dead(self) -> bool:
         return self._dead is not None
 
+    def health(self) -> dict[str, Any]:
+        """The watchdog's reading (cheap; safe from any thread): requests pending, and ``stalled_s``, for how long
+        no worker has finished any work (a denoising step, a batch) while requests wait; 0 when idle."""
+        with self._lock:
+            pending = len(self._inflight)
+            busy_since = self._busy_since
+        stalled = 0.0 if pending == 0 else time.monotonic() - max(busy_since, self._executor.progressed_at())
+        return {"pending": pending, "stalled_s": max(0.0, stalled), "dead": self.dead}
+
     def stats(self) -> dict[str, Any]:
         """What is in flight now, per stage (cheap; safe from any thread): for metrics and dashboards."""
         queued = {stage.name: stage.queued for stage in getattr(self._executor, "stages", [])}
         denoiser = getattr(self._executor, "denoiser", None)
         if isinstance(self._executor, StackedExecutor):
             queued = {StackedExecutor.name: self._executor.queued}
+        with self._lock:
+            pending, work = len(self._inflight), self._queued_pixel_steps
         return {
-            "pending": self.pending,
+            "pending": pending,
+            "queued_pixel_steps": work,
             "queued": queued,
             "denoising": denoiser.running if denoiser is not None else None,
         }
@@ -221,8 +267,10 @@ class Engine:
             "mode": self.config.mode,
             "device": str(self.device),
             "dtype": str(self.dtype).removeprefix("torch."),
-            "models": [runner.describe() for runner in self.runners.values()],
-            "schedulers": list(SCHEDULER_NAMES),
+            "models": [{**runner.describe(), "max_size": self.max_sizes[name]}
+                       for name, runner in self.runners.items()],
+            "max_queue": self.config.max_queue,
+            "max_queued_pixel_steps": self.max_queued_pixel_steps,
             "preset": self.config.optimizations.preset,
             "optimizations": dataclasses.asdict(self.config.optimizations),
         }
@@ -241,12 +289,14 @@ class Engine:
             timeout: seconds to wait for the workers; requests still unfinished then are failed.
         """
         with self._lock:
-            if self._closed:
+            if self._shut_down:
                 return
-            self._closed = True
-        if not drain:
+            self._closed = self._shut_down = True
+        if not drain or self._dead is not None:
             self._abort.set()
-        stopped = self._executor.shutdown(timeout)
+        if self._dead is not None and timeout is None:
+            timeout = DEAD_SHUTDOWN_TIMEOUT_S  # a worker died: the others stop at the abort, or are left behind
+        stopped = self._executor.shutdown(timeout)  # also shuts the image-encoding pool down
         if not stopped:
             logger.warning("workers did not stop within %s s; failing what is left", timeout)
             self._abort.set()
@@ -259,9 +309,10 @@ class Engine:
     def __exit__(self, *exc_info: object) -> None:
         self.close()
 
-    def _forget(self, request_id: str) -> None:
+    def _forget(self, request_id: str, work: int) -> None:
         with self._lock:
-            self._inflight.pop(request_id, None)
+            if self._inflight.pop(request_id, None) is not None:
+                self._queued_pixel_steps -= work
 
     def _fail_all(self, error: BaseException) -> None:
         with self._lock:
@@ -280,7 +331,7 @@ class Engine:
         self._closed = True
         self._abort.set()
         self._fail_all(EngineDeadError(f"worker `{worker}` died: {exc!r}"))
-        self._release_switch_interval()  # close() returns at once on a dead engine
+        self._release_switch_interval()
 
 
 class _SwitchIntervalLease:

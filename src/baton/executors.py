@@ -15,8 +15,8 @@ from baton.config import EngineConfig, StageConfig
 from baton.device import Mark, set_thread_cpu_threads
 from baton.errors import EngineClosedError, StageError
 from baton.models.runner import PipelineInterrupted
+from baton.stage_names import IMAGE_ENCODE, PIPELINE
 from baton.stages import SENTINEL, DenoiseStage, ImageEncodeStage, Job, Stage, TextEncodeStage, VaeDecodeStage
-from baton.stages.image_encode import STAGE_NAME as IMAGE_STAGE
 from baton.stages.image_encode import build_result, complete, to_host_pixels
 
 logger = logging.getLogger(__name__)
@@ -33,6 +33,10 @@ class Executor(Protocol):
 
     def shutdown(self, timeout: float | None) -> bool:
         """Stop after the requests already enqueued; ``True`` when every worker has exited in time."""
+        ...
+
+    def progressed_at(self) -> float:
+        """When a worker last finished a piece of work (``time.monotonic()``), for the watchdog."""
         ...
 
 
@@ -67,6 +71,9 @@ class StagedExecutor:
     def enqueue(self, job: Job) -> bool:
         return self.stages[0].offer(job)
 
+    def progressed_at(self) -> float:
+        return max(stage.progressed_at for stage in self.stages)
+
     def shutdown(self, timeout: float | None) -> bool:
         deadline = None if timeout is None else time.monotonic() + timeout
         try:
@@ -81,7 +88,7 @@ class StagedExecutor:
 class StackedExecutor:
     """The baseline: one worker thread that calls the plain diffusers pipeline for each request in turn."""
 
-    name = "pipeline"
+    name = PIPELINE
 
     def __init__(self, config: EngineConfig, device: torch.device, abort: threading.Event, on_death: DeathHandler):
         self._inbox: queue.Queue[Job | None] = queue.Queue(maxsize=config.max_queue + 1)
@@ -89,6 +96,7 @@ class StackedExecutor:
         self._on_death = on_death
         self._device = device
         self._cpu_threads = torch.get_num_threads()  # the whole pipeline on one thread, with every core
+        self._progressed_at = time.monotonic()
         self._thread = threading.Thread(target=self._work, name="baton-stacked", daemon=True)
 
     def start(self) -> None:
@@ -97,6 +105,9 @@ class StackedExecutor:
     @property
     def queued(self) -> int:
         return self._inbox.qsize()
+
+    def progressed_at(self) -> float:
+        return self._progressed_at
 
     def enqueue(self, job: Job) -> bool:
         job.enter(self.name, time.perf_counter())
@@ -122,6 +133,12 @@ class StackedExecutor:
             self._on_death(self.name, exc)
 
     def _run(self, job: Job) -> None:
+        try:
+            self._run_pipeline(job)
+        finally:
+            self._progressed_at = time.monotonic()
+
+    def _run_pipeline(self, job: Job) -> None:
         if job.done:
             return
         if self._abort.is_set():
@@ -134,6 +151,7 @@ class StackedExecutor:
             generator = torch.Generator("cpu").manual_seed(job.seed)
 
             def on_step(done: int, total: int, latents: torch.Tensor) -> bool:
+                self._progressed_at = time.monotonic()
                 job.report_progress(done, total)
                 job.report_preview(done, total, latents)
                 return job.done or self._abort.is_set()  # cancelled, timed out or closing: stop stepping
@@ -145,8 +163,8 @@ class StackedExecutor:
                 return
             pixels = to_host_pixels(pixels, job.request.output_format)
             record.finished = Mark(time.perf_counter())
-            job.enter(IMAGE_STAGE, record.finished.wall)
-            encode_record = job.records[IMAGE_STAGE]
+            job.enter(IMAGE_ENCODE, record.finished.wall)
+            encode_record = job.records[IMAGE_ENCODE]
             encode_record.started, encode_record.batch_images = record.finished, job.request.num_images
             result = build_result(job, pixels)
             encode_record.finished = Mark(time.perf_counter())

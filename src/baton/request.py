@@ -7,6 +7,7 @@ the value and what is allowed.
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal
 
@@ -23,6 +24,18 @@ MAX_SEED = 2**63 - 1
 
 
 DEFAULT_STEPS = 30
+_SIZE = re.compile(r"([0-9]{1,6})x([0-9]{1,6})")
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    """``"WIDTHxHEIGHT"`` (ASCII digits, a lowercase ``x``, nothing around them) as ``(width, height)``.
+
+    Raises ``ValueError`` naming what was given: a size is never guessed from a near miss (``" 64X64 "``,
+    full-width digits), so a typo cannot quietly become another size."""
+    match = _SIZE.fullmatch(text) if isinstance(text, str) else None
+    if match is None:
+        raise ValueError(f"a size must be WIDTHxHEIGHT in digits, like '512x512', got {text!r}")
+    return int(match[1]), int(match[2])
 
 
 @dataclass(slots=True)
@@ -80,6 +93,13 @@ class GenerationResult:
     timings: dict[str, StageTiming] = field(default_factory=dict)
     latency_s: float = 0.0
     """From submission to the result being ready."""
+    warnings: list[str] = field(default_factory=list)
+    """What the request got that it did not quite ask for, e.g. a prompt cut to what the text encoder reads."""
+
+
+def pixel_steps(request: GenerationRequest) -> int:
+    """What a resolved request costs, as the engine's admission counts it: images x width x height x steps."""
+    return request.num_images * request.width * request.height * request.steps
 
 
 def validate_request(
@@ -89,12 +109,14 @@ def validate_request(
     schedulers: tuple[str, ...],
     unsupported_schedulers: dict[str, str] | None = None,
     sampler_max_steps: int | None = None,
+    max_size: int | None = None,
 ) -> None:
     """Refuse a request that cannot be served, naming the field, the value and what is allowed.
 
     ``schedulers``: the sampler names the request's model can use; ``unsupported_schedulers``: the names it
     cannot, with the reason (told to the user rather than a bare "must be one of"); ``sampler_max_steps``: the
-    request's sampler's own step limit, if it has one (LCM's).
+    request's sampler's own step limit, if it has one (LCM's); ``max_size``: the request's model's largest side
+    (``RequestLimits.max_size_for``), when the limits do not set one.
     ``width``/``height``/``guidance_scale`` must already be resolved to the model's defaults when ``None``.
     """
     # 1. routing: the model decides every default, so an unknown one is the first thing to report
@@ -110,13 +132,15 @@ def validate_request(
     # 3. sizes
     _check(_is_int(request.num_images) and 1 <= request.num_images <= limits.max_images, "num_images",
            request.num_images, f"must be an integer between 1 and {limits.max_images}")
+    largest = max_size if max_size is not None else limits.max_size
     for name in ("width", "height"):
         value = getattr(request, name)
         _check(
-            _is_int(value) and limits.min_size <= value <= limits.max_size and value % limits.size_multiple == 0,
+            _is_int(value) and limits.min_size <= value <= (largest or value) and value % limits.size_multiple == 0,
             name,
             value,
-            f"must be a multiple of {limits.size_multiple} between {limits.min_size} and {limits.max_size}",
+            f"must be a multiple of {limits.size_multiple} between {limits.min_size} and {largest}"
+            + (f" (the limit of model {request.model!r})" if max_size is not None else ""),
         )
     # 4. sampling
     _check(_is_int(request.steps) and 1 <= request.steps <= limits.max_steps, "steps", request.steps,

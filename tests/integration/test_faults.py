@@ -107,6 +107,19 @@ def test_a_dead_worker_fails_everything_and_refuses_new_work():
         engine.submit(prompt="after death", width=64, height=64)
     engine.close(timeout=5)
     assert engine.pending == 0
+    assert engine._executor.image_stage.pool._shutdown  # close() still shut the image-encoding pool down
+
+
+def test_work_is_bounded_in_pixel_steps_and_an_empty_engine_takes_any_request():
+    with Engine(models="tiny-sd15", device="cpu", max_queued_pixel_steps=64 * 64 * 20) as engine:
+        assert engine.health() == {"pending": 0, "stalled_s": 0.0, "dead": False}
+        big = engine.submit(prompt="big", width=128, height=128, steps=20)  # 4x the limit, into an empty engine
+        with pytest.raises(QueueFullError, match="max_queued_pixel_steps"):
+            engine.submit(prompt="small", width=64, height=64, steps=1)
+        assert engine.stats()["queued_pixel_steps"] == 128 * 128 * 20
+        big.result(timeout=60)
+        assert engine.stats()["queued_pixel_steps"] == 0
+        assert engine.generate(prompt="now there is room", width=64, height=64, steps=20).images
 
 
 def test_a_full_first_queue_refuses_at_once_instead_of_blocking_the_caller():

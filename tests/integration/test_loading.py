@@ -2,12 +2,11 @@
 
 import numpy as np
 import pytest
+import torch
 
-from baton import Engine
+from baton import Engine, InvalidRequestError, RequestLimits
 from baton.models import ModelLoadError, load_model
 from baton.models.builtin import SPECS
-
-import torch
 
 
 @pytest.mark.parametrize("model", ["tiny-sd15", "tiny-sdxl"])
@@ -60,6 +59,19 @@ def test_tiny_models_stay_tiny(model):
     assert sum(SPECS[model].parameter_counts().values()) < 2_000_000
 
 
+def test_a_folder_may_set_its_size_limit_and_example_prompt_in_baton_json(tmp_path):
+    SPECS["tiny-sd15"].build(torch.device("cpu"), torch.float32).save_pretrained(tmp_path)
+    (tmp_path / "baton.json").write_text('{"max_size": 320, "example_prompt": "a fox"}')
+    with Engine(models=str(tmp_path), device="cpu") as engine:
+        assert engine.max_sizes[str(tmp_path)] == 320
+        assert engine.describe()["models"][0]["example_prompt"] == "a fox"
+        with pytest.raises(InvalidRequestError, match="between 64 and 320"):
+            engine.resolve(prompt="a fox", width=328)
+    limits = RequestLimits(max_size=512)  # an explicit engine limit wins over the folder's
+    with Engine(models=str(tmp_path), device="cpu", limits=limits) as engine:
+        assert engine.max_sizes[str(tmp_path)] == 512
+
+
 def test_a_folder_may_set_its_guidance_scale_in_baton_json(tmp_path):
     SPECS["tiny-sd15"].build(torch.device("cpu"), torch.float32).save_pretrained(tmp_path)
     (tmp_path / "baton.json").write_text('{"guidance_scale": 2.5}')
@@ -68,7 +80,10 @@ def test_a_folder_may_set_its_guidance_scale_in_baton_json(tmp_path):
         assert engine.resolve(prompt="a fox").guidance_scale == 2.5
         assert engine.resolve(prompt="a fox", guidance_scale=7.0).guidance_scale == 7.0
     for text, error in (('{"guidance_scale": -1}', "guidance_scale.*finite number >= 0, got -1"),
-                        ('{"steps": 20}', "only `guidance_scale`"), ("{oops", "not valid JSON")):
+                        ('{"steps": 20}', "only \\['guidance_scale', 'max_size', 'example_prompt'\\]"),
+                        ("{oops", "not valid JSON"), ('{"max_size": 100}', "max_size.*multiple of 8, got 100"),
+                        ('{"max_size": 128}', "at least the model's native size 256, got 128"),
+                        ('{"example_prompt": ""}', "example_prompt.*non-empty string")):
         (tmp_path / "baton.json").write_text(text)
         with pytest.raises(ModelLoadError, match=error):
             load_model(str(tmp_path), torch.device("cpu"), torch.float32)

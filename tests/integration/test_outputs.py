@@ -33,3 +33,21 @@ def test_the_same_seed_gives_the_same_image_and_another_seed_does_not(sd15_engin
     b = sd15_engine.generate(prompt="a fox", width=64, height=64, steps=2, seed=5, output_format="np").pixels
     c = sd15_engine.generate(prompt="a fox", width=64, height=64, steps=2, seed=6, output_format="np").pixels
     assert (a == b).all() and not (a == c).all()
+
+
+@pytest.mark.parametrize("mode", ["staged", "stacked"])
+def test_a_cut_prompt_is_reported_in_the_result_and_nothing_is_logged_per_request(mode, caplog, recwarn):
+    from baton import Engine
+
+    long_prompt = " ".join(["red"] * 60)  # byte-level tokens: 3 a word, 180 in all; CLIP reads 75
+    with Engine(models="tiny-sd15", device="cpu", mode=mode) as engine:
+        caplog.clear()
+        recwarn.clear()
+        with caplog.at_level("DEBUG"):
+            result = engine.generate(prompt=long_prompt, negative_prompt="blue", steps=2, width=64, height=64)
+            short = engine.generate(prompt="red", steps=2, width=64, height=64)
+    assert result.warnings == ["`prompt` has 180 tokens; the text encoder read the first 75 and ignored the rest"]
+    assert short.warnings == []
+    # diffusers would log its own notice, the cut text included, for every such request
+    assert [record for record in caplog.records if record.levelno >= 20] == []
+    assert list(recwarn) == []

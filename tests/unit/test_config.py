@@ -2,6 +2,7 @@ import pytest
 
 from baton import DenoiseConfig, EngineConfig, RequestLimits, StageConfig
 from baton.device import resolve_device, resolve_dtype
+from baton.request import parse_size
 
 
 @pytest.mark.parametrize(
@@ -72,3 +73,31 @@ def test_float16_on_cpu_is_refused_and_auto_is_float32():
         resolve_dtype("float16", torch.device("cpu"))
     assert resolve_dtype("auto", torch.device("cpu")) == torch.float32
     assert resolve_dtype("bfloat16", torch.device("cpu")) == torch.bfloat16
+
+
+def test_each_model_gets_a_size_limit_that_fits_it():
+    limits = RequestLimits()
+    assert limits.max_size_for("shapes", native_size=64) == 128
+    assert limits.max_size_for("sdxl", native_size=1024) == 2048
+    assert limits.max_size_for("folder", native_size=512, folder_max_size=768) == 768
+    assert RequestLimits(max_size=256).max_size_for("folder", 512, folder_max_size=768) == 256
+    pinned = RequestLimits(max_size=256, model_max_size=(("shapes", 96),))
+    assert pinned.max_size_for("shapes", 64) == 96 and pinned.max_size_for("other", 64) == 256
+    with pytest.raises(ValueError, match="model_max_size"):
+        RequestLimits(model_max_size=(("shapes", 8),))
+
+
+@pytest.mark.parametrize("text", [" 64x64", "64X64", "６４x６４", "64x", "x64", "64x64x64", "1234567x8", "", "auto"])
+def test_a_size_is_exactly_width_x_height_in_ascii_digits(text):
+    with pytest.raises(ValueError, match="WIDTHxHEIGHT"):
+        parse_size(text)
+
+
+def test_a_size_parses():
+    assert parse_size("512x768") == (512, 768)
+
+
+@pytest.mark.parametrize("field", ["max_steps", "max_images"])
+def test_request_limits_refuse_a_limit_below_one(field):
+    with pytest.raises(ValueError, match=field):
+        RequestLimits(**{field: 0})

@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 
 from baton import Engine
-from baton.config import OptimizationConfig
 from baton.cli import main
+from baton.config import OptimizationConfig
 
 
 def test_a_tiny_training_run_saves_a_pipeline_the_engine_serves(tmp_path):
@@ -39,9 +39,9 @@ def test_tiny_vae_only_trains_the_tiny_autoencoder_of_a_saved_model(tmp_path, ca
     from baton.models.registry import EMBEDDED_MODELS
 
     assert main(["train-shapes", "--out", str(tmp_path / "empty"), "--tiny-vae-only"]) == 2
-    assert "holds no saved model" in capsys.readouterr().out
+    assert "holds no saved model" in capsys.readouterr().err
     assert main(["train-shapes", "--out", str(tmp_path / "empty"), "--tiny-vae-minutes", "0"]) == 2
-    assert "`tiny_vae_minutes` (--tiny-vae-minutes) must be > 0 minutes, got 0.0" in capsys.readouterr().out
+    assert "`tiny_vae_minutes` (--tiny-vae-minutes) must be > 0 minutes, got 0.0" in capsys.readouterr().err
     assert not (tmp_path / "empty").exists()  # refused before any training
     folder = tmp_path / "shapes"
     shutil.copytree(EMBEDDED_MODELS["shapes"], folder, ignore=shutil.ignore_patterns("vae_tiny"))

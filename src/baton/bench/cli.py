@@ -10,6 +10,7 @@ from typing import Any
 
 from rich.console import Console
 
+from baton.config import DTYPE_NAMES
 from baton.optim.cli_args import add_optimization_args, config_from_args
 
 RESULTS_DIR = Path("benchmarks/results")
@@ -57,7 +58,7 @@ def add_bench_parser(commands: argparse._SubParsersAction, size_type) -> None:
     serve.add_argument("--size", type=size_type, default=None, help="WIDTHxHEIGHT (default: 128x128)")
     serve.add_argument("--guidance", type=float, default=None, help="guidance scale (default: the model's)")
     serve.add_argument("--device", default="auto")
-    serve.add_argument("--dtype", default=None, choices=("auto", "float32", "float16", "bfloat16"),
+    serve.add_argument("--dtype", default=None, choices=DTYPE_NAMES,
                        help="every mode's dtype (default: auto: float16 on CUDA, float32 on a CPU); float32 on "
                             "CUDA runs with TF32 off")
     serve.add_argument("--max-rows", type=int, default=None,

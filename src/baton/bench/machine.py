@@ -20,7 +20,7 @@ def describe_machine(device: str) -> dict[str, Any]:
     from baton import __version__
 
     machine: dict[str, Any] = {
-        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "command": " ".join(["baton", *sys.argv[1:]]) if Path(sys.argv[0]).name == "baton" else " ".join(sys.argv),
         "baton": __version__,
         "git_commit": _git_commit(),

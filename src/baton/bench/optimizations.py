@@ -31,6 +31,7 @@ from baton.bench.isolation import memory_snapshot, peak_rss_bytes, refusal, run_
 from baton.bench.machine import describe_machine, strict_float32, tf32_settings
 from baton.config import CompileConfig, EngineConfig, OptimizationConfig, PromptCacheConfig
 from baton.optim.presets import LOSSLESS_PRESETS, PRESETS, preset_config
+from baton.stage_names import DENOISE, TEXT_ENCODE, VAE_DECODE
 
 logger = logging.getLogger(__name__)
 
@@ -308,8 +309,8 @@ def component_times(spans, cuda: bool) -> dict[str, Any]:
     def total(component: str) -> float:
         return round(sum(span.seconds for span in spans if span.component == component), 4)
 
-    return {"unet_s": total("denoise"), "vae_decode_s": total("vae_decode"), "text_encode_s": total("text_encode"),
-            "unet_forwards": sum(span.component == "denoise" for span in spans),
+    return {"unet_s": total(DENOISE), "vae_decode_s": total(VAE_DECODE), "text_encode_s": total(TEXT_ENCODE),
+            "unet_forwards": sum(span.component == DENOISE for span in spans),
             "component_clock": "cuda-events" if cuda else "cpu-wall"}
 
 

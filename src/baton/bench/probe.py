@@ -24,6 +24,7 @@ import torch
 
 from baton.device import Mark, elapsed_s, mark_now
 from baton.models.runner import ModelRunner
+from baton.stage_names import DENOISE, TEXT_ENCODE, VAE_DECODE
 
 logger = logging.getLogger(__name__)
 
@@ -59,17 +60,17 @@ class ComponentProbe:
 
         with ComponentProbe(runner) as probe:
             ...  # run requests through an engine or a diffusers pipeline sharing runner's modules
-        busy = sum(span.seconds for span in probe.spans if span.component == "denoise")
+        busy = sum(span.seconds for span in probe.spans if span.component == DENOISE)
     """
 
     def __init__(self, runner: ModelRunner, hook_unet: bool = True) -> None:
         pipeline = runner.pipeline
         decoders = {id(vae.decoder): vae.decoder for vae in (runner.vae, pipeline.vae)}  # baton may keep a copy
         self._modules: list[tuple[str, torch.nn.Module]] = [
-            *(("text_encode", m) for m in (getattr(pipeline, "text_encoder", None),
+            *((TEXT_ENCODE, m) for m in (getattr(pipeline, "text_encoder", None),
                                             getattr(pipeline, "text_encoder_2", None)) if m is not None),
-            *((("denoise", pipeline.unet),) if hook_unet else ()),
-            *(("vae_decode", decoder) for decoder in decoders.values()),
+            *(((DENOISE, pipeline.unet),) if hook_unet else ()),
+            *((VAE_DECODE, decoder) for decoder in decoders.values()),
         ]
         self._runner = runner
         self._device = runner.device
@@ -108,11 +109,11 @@ class ComponentProbe:
     # -- recording ------------------------------------------------------------------------------------------------
     def _begin(self, key: int, component: str, rows: int) -> None:
         calls = self._open.__dict__.setdefault("calls", {})
-        if component == "denoise" and self._open.__dict__.get("in_denoiser", 0):
+        if component == DENOISE and self._open.__dict__.get("in_denoiser", 0):
             calls[key] = None  # the UNet inside baton's denoiser wrapper: the wrapper logs this forward
             return
         label = None
-        if component == "denoise":
+        if component == DENOISE:
             self._open.in_denoiser = self._open.__dict__.get("in_denoiser", 0) + 1
             if self.label_denoiser:
                 label = torch.profiler.record_function(DENOISE_LABEL)
@@ -125,7 +126,7 @@ class ComponentProbe:
             return
         start, rows, label = opened
         end = mark_now(self._device)
-        if component == "denoise":
+        if component == DENOISE:
             self._open.in_denoiser -= 1
             if label is not None:
                 label.__exit__(None, None, None)
@@ -150,11 +151,11 @@ class ComponentProbe:
         key = id(self)  # the wrapper's own key: a module's id never equals the probe's
 
         def denoiser(latents, timesteps, hidden, added):
-            self._begin(key, "denoise", latents.shape[0])
+            self._begin(key, DENOISE, latents.shape[0])
             try:
                 return forward(latents, timesteps, hidden, added)
             finally:
-                self._end(key, "denoise")
+                self._end(key, DENOISE)
 
         return denoiser
 

@@ -7,13 +7,15 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from baton.stage_names import DENOISE, PIPELINE, TEXT_ENCODE, VAE_DECODE
+
 MODE_COLOURS = {
     "stacked": "#7f7f7f",
     "staged": "#1f77b4",
     "staged-step": "#d62728",
     "batched-ceiling": "#2ca02c",
 }
-COMPONENT_COLOURS = {"text_encode": "#9467bd", "denoise": "#d62728", "vae_decode": "#ff7f0e"}
+COMPONENT_COLOURS = {TEXT_ENCODE: "#9467bd", DENOISE: "#d62728", VAE_DECODE: "#ff7f0e"}
 BUSY_METHODS = {
     "cuda-kernels": "GPU kernel time launched inside the denoiser's forwards (torch.profiler, every thread) over the "
                     "wall time of an extra pass of the same load point run after the measured one",
@@ -58,9 +60,9 @@ def serve_markdown(report: dict) -> str:
     for row in report["results"]:
         waits = row["queue_wait_s"]
         wait_text = " / ".join(
-            f"{waits[stage] * 1e3:.1f}" if stage in waits else "–" for stage in ("text_encode", "denoise", "vae_decode")
+            f"{waits[stage] * 1e3:.1f}" if stage in waits else "–" for stage in (TEXT_ENCODE, DENOISE, VAE_DECODE)
         )
-        if "pipeline" in waits:
+        if PIPELINE in waits:
             wait_text = f"{waits['pipeline'] * 1e3:.1f} (whole pipeline)"
         lines.append(
             f"| {row['mode']} | {_load(row)} | {row['images_per_s']:.2f} | {_ratio(row['vs_stacked'])} "
@@ -216,7 +218,7 @@ def plot_timeline(report: dict, path: Path) -> None:
         return
     figure, axes = plt.subplots(len(timelines), 1, figsize=(11, 1.6 + 1.5 * len(timelines)), sharex=True,
                                 squeeze=False)
-    lanes = ["request 1", "request 2", "text_encode", "denoise", "vae_decode"]
+    lanes = ["request 1", "request 2", TEXT_ENCODE, DENOISE, VAE_DECODE]
     for axis, (mode, timeline) in zip(axes[:, 0], timelines.items()):
         for request in timeline["requests"]:
             lane = lanes.index(request["name"])
@@ -263,7 +265,7 @@ def write_serve_outputs(report: dict, json_path: Path | None, markdown_path: Pat
 
 def _single_rows(timeline: dict) -> int:
     """Rows of one request's denoiser forward: the smallest batch seen."""
-    rows = [span["rows"] for span in timeline["spans"] if span["component"] == "denoise"]
+    rows = [span["rows"] for span in timeline["spans"] if span["component"] == DENOISE]
     return min(rows) if rows else 0
 
 

@@ -38,6 +38,7 @@ from baton.device import elapsed_s, mark_now, resolve_device, resolve_dtype
 from baton.engine import Engine
 from baton.models import load_model
 from baton.request import GenerationRequest
+from baton.stage_names import DENOISE, IMAGE_ENCODE, PIPELINE, TEXT_ENCODE, VAE_DECODE
 
 logger = logging.getLogger(__name__)
 
@@ -403,8 +404,8 @@ def busy_pass(target: _EngineTarget | _CeilingTarget, arrival: str, value: float
 def measure(outcomes: list[Outcome], spans: list[Span], device_type: str = "cpu") -> dict:
     """The raw numbers of one round at one load point (merged over rounds by :func:`summarize`)."""
     served = [o for o in outcomes if o.error is None]
-    forwards = [span for span in spans if span.component == "denoise"]
-    stages = ("text_encode", "denoise", "vae_decode", "image_encode", "pipeline")
+    forwards = [span for span in spans if span.component == DENOISE]
+    stages = (TEXT_ENCODE, DENOISE, VAE_DECODE, IMAGE_ENCODE, PIPELINE)
     return {
         "device_type": device_type,
         "requests": len(outcomes),

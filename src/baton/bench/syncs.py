@@ -299,9 +299,9 @@ def main(argv: list[str] | None = None) -> int:
         refused = sorted(result["refused_on_cuda"])
         served = [name for name in result["samplers"] if name not in refused]
         elsewhere = sum(sync["count"] for sync in result["syncs"]) - result["step_loop_syncs"]
+        refused_note = f" or in those refused there ({', '.join(refused)})" if refused else ""
         print(f"{result['model']}: {result['step_loop_syncs']} sync(s) in the step loop of the samplers served on "
-              f"CUDA ({', '.join(served)}); {elsewhere} elsewhere" + (f" or in those refused there ({', '.join(refused)})"
-                                                                    if refused else ""))
+              f"CUDA ({', '.join(served)}); {elsewhere} elsewhere{refused_note}")
         for sync in result["syncs"]:
             print(f"  {sync['count']:>3} x [{sync['sampler'] or '-'}] {sync['kind']} in {sync['thread']} at "
                   f"{sync['where']} (baton: {sync['baton_frame']}): {sync['detail']}")

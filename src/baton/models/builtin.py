@@ -30,6 +30,7 @@ from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProject
 
 from baton.models.tokenizers import BOS_TOKEN, EOS_TOKEN, byte_level_clip_tokenizer, byte_level_vocab
 
+
 @contextlib.contextmanager
 def muted(logger_name: str) -> Iterator[None]:
     """Only errors from ``logger_name`` while inside (for warnings about what baton does on purpose)."""

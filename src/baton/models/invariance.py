@@ -22,7 +22,6 @@ from collections.abc import Callable, Iterator, Sequence
 
 import torch
 
-
 _BATCH_VARIANT_PARENTS = ("time_embedding", "add_embedding", "class_embedding")
 
 

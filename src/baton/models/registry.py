@@ -10,6 +10,7 @@ import os
 import time
 import warnings
 from pathlib import Path
+from typing import Any
 
 import torch
 from diffusers import DiffusionPipeline
@@ -31,9 +32,11 @@ _RUNNER_BY_PIPELINE["LatentConsistencyModelPipeline"] = _RUNNER_BY_FAMILY["sd15"
 
 
 SERVING_DEFAULTS_FILE = "baton.json"
-"""An optional file in a model folder with the defaults baton serves it with: ``{"guidance_scale": 2.0}``. A
-small model trained here can need a guidance scale far from its family's (the shapes model over-saturates at
-SD1.5's 7.5), and the folder is where that knowledge belongs."""
+"""An optional file in a model folder with the defaults baton serves it with, all optional:
+``{"guidance_scale": 2.0, "max_size": 128, "example_prompt": "a red circle on a blue background"}``. A small
+model trained here can need a guidance scale far from its family's (the shapes model over-saturates at SD1.5's
+7.5), a size limit of its own, and a prompt that shows what it draws; the folder is where that knowledge belongs."""
+SERVING_DEFAULT_KEYS = ("guidance_scale", "max_size", "example_prompt")
 
 
 def embedded_parameter_counts(name: str) -> dict[str, int]:
@@ -43,7 +46,9 @@ def embedded_parameter_counts(name: str) -> dict[str, int]:
     counts = {}
     for weights in sorted(EMBEDDED_MODELS[name].glob("*/*.safetensors")):
         with safe_open(weights, framework="pt") as tensors:
-            counts[weights.parent.name] = sum(math.prod(tensors.get_slice(key).get_shape()) for key in tensors.keys())
+            # a safetensors handle is not iterable: its names come from .keys()
+            names = tensors.keys()
+            counts[weights.parent.name] = sum(math.prod(tensors.get_slice(key).get_shape()) for key in names)
     return counts
 
 
@@ -93,16 +98,21 @@ def _load_pretrained(source: str, device: torch.device, dtype: torch.dtype, name
         # The SD1.x safety checker is a second CLIP model run on every image; serving puts moderation elsewhere.
         extra = {"safety_checker": None, "requires_safety_checker": False}
     defaults = _serving_defaults(source)
-    pipeline = runner_class.pipeline_class.from_pretrained(source, torch_dtype=dtype, **extra)
+    pipeline = runner_class.pipeline_class.from_pretrained(source, dtype=dtype, **extra)
     pipeline.to(device)
     runner = runner_class(name, pipeline, device, dtype)
     runner.source = source
     if "guidance_scale" in defaults:
         runner.default_guidance_scale = defaults["guidance_scale"]
+    runner.example_prompt = defaults.get("example_prompt")
+    runner.max_size = defaults.get("max_size")
+    if runner.max_size is not None and runner.max_size < runner.default_size:
+        raise ModelLoadError(f"`max_size` in {Path(source) / SERVING_DEFAULTS_FILE} must be at least the model's "
+                             f"native size {runner.default_size}, got {runner.max_size}")
     return runner
 
 
-def _serving_defaults(source: str) -> dict[str, float]:
+def _serving_defaults(source: str) -> dict[str, Any]:
     """The folder's ``baton.json``, checked (a hub id has none)."""
     path = Path(source) / SERVING_DEFAULTS_FILE
     if not path.is_file():
@@ -111,10 +121,18 @@ def _serving_defaults(source: str) -> dict[str, float]:
         defaults = json.loads(path.read_text())
     except ValueError as exc:
         raise ModelLoadError(f"{path} is not valid JSON: {exc}") from exc
-    if not isinstance(defaults, dict) or set(defaults) - {"guidance_scale"}:
-        raise ModelLoadError(f"{path} must be a JSON object with only `guidance_scale`, got {defaults!r}")
+    if not isinstance(defaults, dict) or set(defaults) - set(SERVING_DEFAULT_KEYS):
+        raise ModelLoadError(f"{path} must be a JSON object with only {list(SERVING_DEFAULT_KEYS)}, got {defaults!r}")
     guidance = defaults.get("guidance_scale", 0.0)
     if isinstance(guidance, bool) or not isinstance(guidance, (int, float)) or not math.isfinite(guidance) \
             or guidance < 0:
         raise ModelLoadError(f"`guidance_scale` in {path} must be a finite number >= 0, got {guidance!r}")
-    return {key: float(value) for key, value in defaults.items()}
+    max_size = defaults.get("max_size", 8)
+    if isinstance(max_size, bool) or not isinstance(max_size, int) or max_size < 8 or max_size % 8:
+        raise ModelLoadError(f"`max_size` in {path} must be an integer multiple of 8, got {max_size!r}")
+    prompt = defaults.get("example_prompt", "x")
+    if not isinstance(prompt, str) or not prompt.strip():
+        raise ModelLoadError(f"`example_prompt` in {path} must be a non-empty string, got {prompt!r}")
+    if "guidance_scale" in defaults:
+        defaults["guidance_scale"] = float(defaults["guidance_scale"])
+    return defaults

@@ -29,6 +29,7 @@ from baton.models.noise import draw_noise
 from baton.models.schedulers import SchedulerFactory
 from baton.request import GenerationRequest
 
+
 class PipelineInterrupted(Exception):
     """Raised from a stacked pipeline's step callback to stop a request nobody waits for any more."""
 
@@ -99,6 +100,10 @@ class PromptInput:
     needs_negative: bool
 
 
+def _drop_truncation_notice(record: logging.LogRecord) -> bool:
+    return not str(record.msg).startswith("The following part of your input was truncated")
+
+
 class ModelRunner(ABC):
     """One loaded model of one family. Subclasses fill in the family-specific pieces."""
 
@@ -116,10 +121,17 @@ class ModelRunner(ABC):
     overflows in float16). diffusers casts the VAE up and back on every call; a serving engine keeps a copy."""
 
     def __init__(self, name: str, pipeline: DiffusionPipeline, device: torch.device, dtype: torch.dtype) -> None:
+        # the engine reports a cut prompt in the request's answer; diffusers would log it, prompt and all, per request
+        logging.getLogger(self.pipeline_class.__module__).addFilter(_drop_truncation_notice)
         self.name = name
         self.pipeline = pipeline
         self.source: str | None = None
         """The folder or hub id the weights came from; ``None`` for a random-weight built-in."""
+        self.max_size: int | None = None
+        """The largest width or height the model's folder says it serves (``baton.json``); ``None``: the engine's
+        default for it, twice its native side."""
+        self.example_prompt: str | None = None
+        """A prompt the model draws well (``baton.json``), for playgrounds and examples."""
         self.device = device
         self.dtype = dtype
         self.schedulers = SchedulerFactory(pipeline.scheduler, self.scheduler_config_fixes, device)
@@ -341,6 +353,12 @@ class ModelRunner(ABC):
         pipe.set_progress_bar_config(disable=True)
         return pipe
 
+    def prompt_tokens(self, text: str) -> tuple[int, int]:
+        """(tokens in ``text``, tokens the text encoder reads): the encoder cuts the rest off."""
+        tokenizer = self.pipeline.tokenizer
+        special = tokenizer.num_special_tokens_to_add()  # CLIP's start and end tokens take two of its 77
+        return len(tokenizer(text, add_special_tokens=False).input_ids), tokenizer.model_max_length - special
+
     def describe(self) -> dict[str, Any]:
         parameters = {
             name: sum(p.numel() for p in module.parameters())
@@ -353,6 +371,7 @@ class ModelRunner(ABC):
             "device": str(self.device),
             "dtype": str(self.dtype).removeprefix("torch."),
             "default_size": self.default_size,
+            "example_prompt": self.example_prompt,
             "schedulers": list(self.schedulers.names),
             "batch_invariant": self.batch_invariant,
             "parameters": parameters,

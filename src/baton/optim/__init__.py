@@ -1,7 +1,33 @@
 """The optimization toolbox: precision, attention, compile and CUDA graphs over shape buckets, memory savers, the
-prompt-embedding cache, presets and profiling. ``baton.optim.apply`` is the one place they are applied."""
+prompt-embedding cache, presets and profiling. ``baton.optim.apply`` is the one place they are applied.
 
-from baton.optim.apply import apply_optimizations, check_optimizations
-from baton.optim.presets import LOSSLESS_PRESETS, PRESETS, preset_config
+Names load on first use: the CLI imports ``baton.optim.cli_args`` to build its parser, and that must not import
+torch (``baton --help`` answers in a fraction of a second)."""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+_EXPORTS = {
+    "apply_optimizations": "baton.optim.apply",
+    "check_optimizations": "baton.optim.apply",
+    "LOSSLESS_PRESETS": "baton.optim.presets",
+    "PRESETS": "baton.optim.presets",
+    "preset_config": "baton.optim.presets",
+}
 
 __all__ = ["LOSSLESS_PRESETS", "PRESETS", "apply_optimizations", "check_optimizations", "preset_config"]
+
+if TYPE_CHECKING:
+    from baton.optim.apply import apply_optimizations, check_optimizations
+    from baton.optim.presets import LOSSLESS_PRESETS, PRESETS, preset_config
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'baton.optim' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value

@@ -101,7 +101,7 @@ def train_tiny_vae(model_dir: Path, minutes: float = 2.0, batch: int = 16, seed:
     ``vae_tiny`` and add its record to ``training.json``; returns that record."""
     _check_budgets(tiny_vae_minutes=minutes)
     device = _device(device)
-    vae = AutoencoderKL.from_pretrained(model_dir, subfolder="vae", torch_dtype=torch.float32).to(device).eval()
+    vae = AutoencoderKL.from_pretrained(model_dir, subfolder="vae", dtype=torch.float32).to(device).eval()
     tiny_vae, tiny_record = _train_tiny_vae(vae.requires_grad_(False), minutes, batch, seed, device, log)
     _save_tiny_vae(tiny_vae, model_dir)
     record_path = model_dir / "training.json"

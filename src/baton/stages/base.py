@@ -57,6 +57,9 @@ class Stage(ABC):
         self._on_death = on_death
         self._waiting: list[Waiting[Job]] = []
         self._draining = False
+        self.progressed_at = time.monotonic()
+        """When this stage last finished a piece of work (a batch, a denoising step), by ``time.monotonic()``:
+        the engine's watchdog reads it from other threads."""
         self._lookahead = self.lookahead(queue_size)
         self._thread = threading.Thread(target=self._work, name=f"baton-{self.name}", daemon=True)
 
@@ -80,8 +83,11 @@ class Stage(ABC):
 
     @property
     def queued(self) -> int:
-        """Requests waiting here: in the queue, or pulled and not yet started (read from any thread)."""
-        return self.inbox.qsize() + len(self._waiting)
+        """Requests waiting here: in the queue, or pulled and not yet started (read from any thread). Cancelled
+        ones linger until the stage reaches them, but are not counted."""
+        with self.inbox.mutex:  # a consistent snapshot of the queue, as its own methods take it
+            queued = [job for job in self.inbox.queue if job is not SENTINEL]
+        return sum(not job.done for job in queued) + sum(not entry.item.done for entry in list(self._waiting))
 
     # -- the plumbing ---------------------------------------------------------------------------------------------
     def start(self) -> None:
@@ -217,6 +223,7 @@ class BatchStage(Stage):
             try:
                 with labelled(f"baton/{self.name}", self._device):
                     self.run_batch(live)
+                self.progressed_at = time.monotonic()
             except Exception as exc:
                 logger.exception("stage %s failed a batch of %d request(s)", self.name, len(live))
                 for job in live:

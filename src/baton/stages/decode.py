@@ -6,12 +6,14 @@ from collections.abc import Hashable
 
 import torch
 
+from baton.stage_names import VAE_DECODE
 from baton.stages.base import BatchStage
+from baton.stages.image_encode import quantize
 from baton.stages.job import Job
 
 
 class VaeDecodeStage(BatchStage):
-    name = "vae_decode"
+    name = VAE_DECODE
 
     def batch_key(self, job: Job) -> Hashable:
         return (job.runner.name, job.request.height, job.request.width)
@@ -26,8 +28,7 @@ class VaeDecodeStage(BatchStage):
             mine = pixels[offset : offset + job.request.num_images]
             offset += job.request.num_images
             if job.request.output_format != "np":
-                # Quantize on the device, exactly as diffusers' numpy_to_pil does, to copy a quarter of the bytes.
-                mine = (mine * 255).round().to(torch.uint8)
+                mine = quantize(mine)  # on the device, to copy a quarter of the bytes
             # Asynchronous on CUDA (pinned memory); the image stage waits on this stage's event before reading.
             job.pixels = mine.to("cpu", non_blocking=True)
             job.latents = None

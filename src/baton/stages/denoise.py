@@ -28,6 +28,7 @@ from baton.errors import EngineClosedError, StageError
 from baton.models.noise import step_generator
 from baton.models.runner import Conditioning
 from baton.scheduling import Running, StepPolicy, Waiting
+from baton.stage_names import DENOISE
 from baton.stages.base import IDLE_POLL_S, BatchStage, Stage, without_entries
 from baton.stages.job import Job
 
@@ -66,7 +67,7 @@ class DenoiseState:
 
 
 class DenoiseStage(Stage):
-    name = "denoise"
+    name = DENOISE
     high_priority_stream = True  # the stage every request spends most of its time in: its kernels go first
     config: DenoiseConfig
 
@@ -104,8 +105,9 @@ class DenoiseStage(Stage):
 
     @property
     def running(self) -> int:
-        """Requests denoising now (read from any thread)."""
-        return len(self._running)
+        """Requests denoising now (read from any thread). One cancelled mid-step leaves at the next step boundary,
+        but is not counted from the moment it is cancelled, so the count agrees with the engine's ``pending``."""
+        return sum(not state.job.done for state in list(self._running))
 
     def lookahead(self, queue_size: int) -> int:
         # see the whole queue, so priorities and keys are judged over everything waiting here
@@ -188,6 +190,7 @@ class DenoiseStage(Stage):
             for state in group:
                 state.job.fail(StageError(self.name, exc))
             return
+        self.progressed_at = time.monotonic()
         now = time.perf_counter()
         self._key_last_ran[group[0].key] = now
         images = sum(state.job.request.num_images for state in group)

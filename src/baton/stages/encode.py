@@ -5,12 +5,13 @@ from __future__ import annotations
 from collections.abc import Hashable
 
 from baton.models.runner import PromptInput
+from baton.stage_names import TEXT_ENCODE
 from baton.stages.base import BatchStage
 from baton.stages.job import Job
 
 
 class TextEncodeStage(BatchStage):
-    name = "text_encode"
+    name = TEXT_ENCODE
 
     def batch_key(self, job: Job) -> Hashable:
         return job.runner.name

@@ -15,6 +15,7 @@ from baton.config import StageConfig
 from baton.device import Mark
 from baton.errors import StageError
 from baton.request import GenerationResult
+from baton.stage_names import IMAGE_ENCODE, STAGE_ORDER
 from baton.stages.base import BatchStage
 from baton.stages.job import Job, StageRecord
 
@@ -22,15 +23,22 @@ logger = logging.getLogger(__name__)
 
 # Lossless PNG at a low zlib level: several times faster than PIL's default at a slightly larger file.
 _SAVE_OPTIONS = {"png": {"compress_level": 1}, "jpeg": {"quality": 90}, "webp": {"quality": 90}}
-STAGE_NAME = "image_encode"
+
+
+def quantize(pixels: torch.Tensor | np.ndarray) -> torch.Tensor | np.ndarray:
+    """Pixels in [0, 1] → uint8, rounded as diffusers' ``numpy_to_pil`` rounds (``(x * 255).round()``), so that
+    images equal the plain pipeline's; on whichever device the tensor is."""
+    if isinstance(pixels, np.ndarray):
+        return (pixels * 255).round().astype(np.uint8)
+    return (pixels * 255).round().to(torch.uint8)
 
 
 def to_host_pixels(pixels: torch.Tensor, output_format: str) -> torch.Tensor:
-    """Pixels [n, 3, H, W] in [0, 1] → [n, H, W, 3] on the host: float32 for ``np``, else uint8 rounded as
-    diffusers rounds (``(x * 255).round()``). Used by the stacked baseline; the staged decoder does the same."""
+    """Pixels [n, 3, H, W] in [0, 1] → [n, H, W, 3] on the host: float32 for ``np``, else uint8 (:func:`quantize`).
+    Used by the stacked baseline; the staged decoder does the same."""
     pixels = pixels.permute(0, 2, 3, 1).float()
     if output_format != "np":
-        pixels = (pixels * 255).round().to(torch.uint8)
+        pixels = quantize(pixels)
     return pixels.cpu()
 
 
@@ -39,7 +47,7 @@ def build_result(job: Job, pixels: torch.Tensor) -> GenerationResult:
     request = job.request
     array = pixels.numpy()
     if request.output_format == "np":
-        images = [Image.fromarray((image * 255).round().astype(np.uint8)) for image in array]
+        images = [Image.fromarray(quantize(image)) for image in array]
         encoded = None
     else:
         images = [Image.fromarray(image) for image in array]
@@ -50,13 +58,14 @@ def build_result(job: Job, pixels: torch.Tensor) -> GenerationResult:
         images=images,
         encoded=encoded,
         pixels=array if request.output_format == "np" else None,
+        warnings=list(job.warnings),
     )
 
 
 def complete(job: Job, result: GenerationResult) -> None:
     """Attach timings and settle the request's future."""
     # pipeline order, whichever thread ran a stage (fused stages enter text_encode after denoise's queue)
-    order = {stage: i for i, stage in enumerate(("text_encode", "pipeline", "denoise", "vae_decode", STAGE_NAME))}
+    order = {stage: i for i, stage in enumerate(STAGE_ORDER)}
     stages = sorted(job.records, key=lambda stage: order.get(stage, len(order)))
     result.timings = {stage: job.records[stage].timing() for stage in stages}
     result.latency_s = time.perf_counter() - job.submitted_at
@@ -72,7 +81,7 @@ def _encode(image: Image.Image, output_format: str) -> bytes:
 class ImageEncodeStage(BatchStage):
     """Waits for each request's pixels to reach the host, then encodes them on a CPU pool and completes it."""
 
-    name = STAGE_NAME
+    name = IMAGE_ENCODE
 
     def __init__(self, config: StageConfig, *args, workers: int, **kwargs) -> None:
         super().__init__(config, *args, **kwargs)

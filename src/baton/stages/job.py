@@ -56,6 +56,7 @@ class Job:
     progress: ProgressCallback | None = None
     preview: PreviewCallback | None = None
     preview_every: int = 0
+    warnings: list[str] = field(default_factory=list)
     records: dict[str, StageRecord] = field(default_factory=dict)
     # Stage outputs. `ready` is the producing stage's CUDA event for the tensors (None on a CPU).
     embeddings: PromptEmbeddings | None = None
