@@ -50,7 +50,8 @@ def test_the_openai_client_round_trip_b64_and_url(server):
     assert len(response.data) == 2 and response.size == "64x64"
     assert {png(base64.b64decode(d.b64_json)).size for d in response.data} == {(64, 64)}
     response = client.images.generate(prompt="a red fox", size="64x64", response_format="url")
-    image = httpx.get(response.data[0].url)
+    assert response.data[0].url.startswith("/v1/images/")  # relative: no --public-url, and never the Host header
+    image = httpx.get(server + response.data[0].url)
     assert image.headers["content-type"] == "image/png" and png(image.content).size == (64, 64)
     assert len(response.data[0].url.rsplit("/", 1)[1]) >= 32  # an id that cannot be guessed
 
@@ -65,7 +66,7 @@ def test_native_generate_returns_the_seed_timings_and_same_images_for_the_same_s
     jpeg = httpx.post(f"{server}/v1/generate", json={**body, "output_format": "jpeg", "response_format": "url"},
                       timeout=60).json()
     assert jpeg["images"][0]["url"].endswith(".jpg")
-    assert httpx.get(jpeg["images"][0]["url"]).headers["content-type"] == "image/jpeg"
+    assert httpx.get(server + jpeg["images"][0]["url"]).headers["content-type"] == "image/jpeg"
 
 
 @pytest.mark.parametrize(
@@ -212,11 +213,11 @@ def test_a_shutdown_signal_turns_readiness_red_and_refuses_new_work_while_in_fli
             while client.get("/readyz").json().get("pending", 0) == 0:
                 pass
             state = handle["server"].config.app.state.baton
-            state.draining = True  # what BatonServer.handle_exit does first on SIGTERM, before uvicorn stops
+            state.start_draining()  # what BatonServer.handle_exit does first on SIGTERM
             assert client.get("/readyz").json() == {"status": "draining"}
             refused = client.post("/v1/generate", json={"prompt": "too late", **FAST})
             assert refused.status_code == 503 and "shutting down" in refused.json()["error"]["message"]
-            handle["server"].handle_exit(signal.SIGTERM, None)  # now the signal itself: uvicorn stops listening
+            handle["server"].handle_exit(signal.SIGTERM, None)  # the signal itself: the drain begins
             assert in_flight.result().status_code == 200  # ... and still finishes what it had
 
 
@@ -236,7 +237,7 @@ def test_the_stacked_baseline_streams_progress_and_drops_timed_out_work():
 
 
 def test_an_empty_key_file_is_refused(tmp_path):
-    from baton.server.app import load_api_keys
+    from baton.server.auth import load_api_keys
 
     (tmp_path / "keys").write_text("# nobody yet\n\n")
     with pytest.raises(ValueError, match="holds no keys"):

@@ -73,9 +73,11 @@ def test_a_client_that_leaves_frees_the_denoiser_and_is_counted(server, stream):
         with pytest.raises(httpx.ReadTimeout):
             httpx.post(f"{server}/v1/generate", json=body, timeout=httpx.Timeout(0.5, connect=5))
     deadline = time.monotonic() + 10
-    while httpx.get(f"{server}/v1/stats").json()["pending"] != 0:  # dropped at a step boundary, not run to the end
+    while (stats := httpx.get(f"{server}/v1/stats").json())["pending"] != 0:  # dropped at a step, not run to the end
         assert time.monotonic() < deadline, "the abandoned request kept running"
         time.sleep(0.05)
+    # every count agrees at once: nothing denoising, queued or counted as work for a request that is gone
+    assert stats["denoising"] == 0 and stats["queued_pixel_steps"] == 0 and set(stats["queued"].values()) == {0}
     assert metric(server, "baton_requests_cancelled_total", reason="client_disconnected") == before + 1
 
 
@@ -97,6 +99,11 @@ def test_metrics_count_requests_stages_and_throughput(server):
 
 def test_a_timed_out_stream_ends_with_an_error_event(server):
     body = {"prompt": "slow", "steps": 200, "width": 256, "height": 256, "stream": True, "timeout_s": 0.3}
+    before = {reason: metric(server, "baton_requests_cancelled_total", reason=reason)
+              for reason in ("timeout", "client_disconnected")}
     events = sse_events(httpx.post(f"{server}/v1/generate", json=body, timeout=60))
     assert events[-1][0] == "error" and events[-1][1]["status"] == 504
-    assert metric(server, "baton_requests_cancelled_total", reason="timeout") >= 1
+    time.sleep(0.3)  # the stream's end is seen after the last event: a double count would land by now
+    assert metric(server, "baton_requests_cancelled_total", reason="timeout") == before["timeout"] + 1
+    assert metric(server, "baton_requests_cancelled_total", reason="client_disconnected") == \
+        before["client_disconnected"]  # counted once, as a timeout

@@ -6,100 +6,34 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
-import hmac
 import logging
-import os
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
 from pathlib import Path
 
-from fastapi import Depends, FastAPI, Request
+from fastapi import Depends, FastAPI
 from fastapi.responses import FileResponse, JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from baton.config import EngineConfig
 from baton.engine import Engine
+from baton.server.auth import require_api_key
+from baton.server.docs import install_docs
 from baton.server.errors import ApiError, error_response, install_error_handlers
 from baton.server.images import ImageStore
 from baton.server.metrics import ServerMetrics
+from baton.server.schema import with_engine_limits
+from baton.server.state import ServerConfig, ServerState
 
 logger = logging.getLogger(__name__)
 
 STATIC_DIR = Path(__file__).parent / "static"
-API_KEYS_ENV = "BATON_API_KEYS"
-"""Comma-separated API keys, read when no key file is given."""
-
-
-@dataclass(frozen=True, slots=True)
-class ServerConfig:
-    """What the HTTP layer enforces on top of the engine's own request checks."""
-
-    api_keys: tuple[str, ...] = ()
-    """Bearer tokens accepted; empty: no auth."""
-    max_body_bytes: int = 1 << 20
-    """Largest request body (413 beyond)."""
-    max_prompt_chars: int = 2000
-    """Longest prompt or negative prompt, in characters."""
-    max_pixels_per_request: int = 16 * 1024 * 1024
-    """Most pixels one request may ask for: images x width x height."""
-    openai_steps: int = 30
-    """Denoising steps of ``/v1/images/generations`` requests (OpenAI's API has no such field); capped at the
-    engine's ``limits.max_steps``."""
-    request_timeout_s: float = 300.0
-    """Default time a request may take; past it the answer is 504 and its remaining work is dropped."""
-    image_ttl_s: float = 3600.0
-    """How long an image served by URL stays available."""
-    image_store_bytes: int = 512 * 1024 * 1024
-    """Total bytes of images kept for URLs; the oldest go first."""
-
-    def __post_init__(self) -> None:
-        for name in ("max_body_bytes", "max_prompt_chars", "max_pixels_per_request", "image_store_bytes",
-                     "openai_steps"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"`{name}` must be >= 1, got {getattr(self, name)!r}")
-        for name in ("request_timeout_s", "image_ttl_s"):
-            if getattr(self, name) <= 0:
-                raise ValueError(f"`{name}` must be > 0, got {getattr(self, name)!r}")
-        if any(not key for key in self.api_keys):
-            raise ValueError("`api_keys` must not contain empty keys")
-
-
-def load_api_keys(path: Path | None) -> tuple[str, ...]:
-    """Keys from a file (one per line, ``#`` comments) or, without one, from ``$BATON_API_KEYS``."""
-    if path is not None:
-        lines = path.read_text().splitlines()
-        keys = tuple(line.strip() for line in lines if line.strip() and not line.strip().startswith("#"))
-        if not keys:  # an empty file must not quietly mean "no auth"
-            raise ValueError(f"`--api-key-file` {str(path)!r} holds no keys")
-        return keys
-    return tuple(key.strip() for key in os.environ.get(API_KEYS_ENV, "").split(",") if key.strip())
-
-
-@dataclass
-class ServerState:
-    """What the routes share: the engine once loaded, the settings, the URL image store."""
-
-    config: ServerConfig
-    images: ImageStore
-    metrics: ServerMetrics
-    engine: Engine | None = None
-    load_error: BaseException | None = None
-    draining: bool = False
-
-    def ready_engine(self) -> Engine:
-        if self.engine is None or self.draining or self.engine.closed:
-            reason = ("shutting down" if self.draining else f"failed to load: {self.load_error}" if self.load_error
-                      else "the engine stopped" if self.engine is not None else "loading models")
-            raise ApiError(503, f"the server is not ready ({reason})", type_="server_error", code="not_ready",
-                           headers={"Retry-After": "5"})
-        return self.engine
 
 
 def create_app(engine_config: EngineConfig, config: ServerConfig | None = None,
                engine_factory: Callable[[EngineConfig], Engine] = Engine) -> FastAPI:
     """The app; the engine is built from ``engine_config`` in the background once the app starts."""
     from baton.server.native_api import router as native_router
+    from baton.server.openai_api import images_router
     from baton.server.openai_api import router as openai_router
 
     config = config or ServerConfig()
@@ -112,37 +46,63 @@ def create_app(engine_config: EngineConfig, config: ServerConfig | None = None,
         try:
             yield
         finally:
-            state.draining = True
+            state.start_draining()
             await loading
-            if state.engine is not None:
-                await asyncio.to_thread(state.engine.close)  # finishes what it admitted
+            if state.engine is not None:  # finish what it admitted, for at most the drain timeout; fail the rest
+                await asyncio.to_thread(state.engine.close, True, config.drain_timeout_s)
 
-    app = FastAPI(title="baton", version=_version(), lifespan=lifespan,
+    app = FastAPI(title="baton", version=_version(), lifespan=lifespan, docs_url=None, redoc_url=None,
                   description="Text-to-image serving: an OpenAI-compatible images API and baton's native API.")
+    install_docs(app)  # /docs and /redoc with local assets (FastAPI's load from a CDN), the favicon
+    plain_openapi = app.openapi
+
+    def openapi() -> dict:
+        """FastAPI's schema with the engine's limits on the request fields (``schema.with_engine_limits``)."""
+        if app.openapi_schema is None:
+            engine = state.engine
+            if engine is None:  # the models' sizes are not known yet: build it again once they are
+                schema = with_engine_limits(plain_openapi(), engine_config.limits, engine_config.limits.max_size)
+                app.openapi_schema = None
+                return schema
+            samplers = {name for runner in engine.runners.values() for name in runner.schedulers.names}
+            return with_engine_limits(plain_openapi(), engine_config.limits, max(engine.max_sizes.values()),
+                                      {"model": list(engine.runners), "scheduler": sorted(samplers)})
+        return app.openapi_schema
+
+    app.openapi = openapi
     app.state.baton = state
     install_error_handlers(app)
 
     app.add_middleware(_BodyLimitAndCount, state=state)
 
-    @app.get("/", include_in_schema=False)
+    @app.api_route("/", methods=["GET", "HEAD"], include_in_schema=False)
     def playground() -> FileResponse:
         """The web playground: one static page (no data in it, so no auth; its API calls carry the key)."""
         return FileResponse(STATIC_DIR / "index.html", media_type="text/html")
 
     @app.get("/healthz", tags=["health"], responses={503: {"description": "the engine failed to load or died"}})
     def healthz() -> Response:
-        """Alive: 200 while loading and serving; 503 once the engine failed to load or died (restart me)."""
+        """Alive: 200 while loading and serving; 503 once the engine failed to load or died (restart me).
+
+        A stuck engine (see ``/readyz``) stays alive, ``{"status": "stuck", "reason": ...}``: a step that is only
+        slow must not get the process killed; readiness already keeps new work away."""
         if state.load_error is not None or (state.engine is not None and state.engine.dead):
             return JSONResponse({"status": "failed" if state.load_error else "dead"}, status_code=503)
-        return JSONResponse({"status": "ok"})
+        reason = _stuck_reason(state)
+        return JSONResponse({"status": "stuck", "reason": reason} if reason else {"status": "ok"})
 
-    @app.get("/readyz", tags=["health"], responses={503: {"description": "loading, failed, dead or draining"}})
+    @app.get("/readyz", tags=["health"],
+             responses={503: {"description": "loading, failed, dead, draining, or stuck (the watchdog)"}})
     def readyz() -> Response:
-        """Ready: the models are loaded and warmed, and the server is not shutting down."""
+        """Ready: the models are loaded and warmed, the server is not shutting down, and the engine is not stuck
+        (requests waiting while no stage finished any work for ``stuck_after_s``)."""
         if state.engine is None or state.draining or state.engine.dead:
             status = ("draining" if state.draining else "failed" if state.load_error else
                       "dead" if state.engine is not None else "loading")
             return JSONResponse({"status": status}, status_code=503)
+        reason = _stuck_reason(state)
+        if reason:
+            return JSONResponse({"status": "stuck", "reason": reason}, status_code=503)
         return JSONResponse({"status": "ready", "pending": state.engine.pending})
 
     @app.get("/metrics", tags=["health"], dependencies=[Depends(require_api_key)], response_class=Response)
@@ -153,7 +113,17 @@ def create_app(engine_config: EngineConfig, config: ServerConfig | None = None,
     protected = [Depends(require_api_key)]
     app.include_router(openai_router, dependencies=protected)
     app.include_router(native_router, dependencies=protected)
+    # capability URLs: the unguessable name is the credential (see ServerConfig.capability_urls)
+    app.include_router(images_router, dependencies=[] if config.capability_urls else protected)
     return app
+
+
+def _stuck_reason(state: ServerState) -> str | None:
+    stalled = state.stuck_for()
+    if stalled is None:
+        return None
+    return (f"no stage has finished any work for {stalled:.0f} s while {state.engine.pending} request(s) wait "
+            f"(the limit, `stuck_after_s`, is {state.config.stuck_after_s:g} s)")
 
 
 class _BodyLimitAndCount:
@@ -213,24 +183,6 @@ class _BodyLimitAndCount:
             # the router records the matched route; a refused body is counted alike whether it was seen early or late
             endpoint = "unmatched" if too_large is not None else getattr(scope.get("route"), "path", "unmatched")
             self.state.metrics.requests.labels(endpoint, str(status["code"])).inc()
-
-
-def require_api_key(request: Request) -> None:
-    """Bearer-token auth, compared in constant time against every configured key."""
-    keys = request.app.state.baton.config.api_keys
-    if not keys:
-        return
-    header = request.headers.get("authorization", "")
-    scheme, _, token = header.partition(" ")
-    # headers arrive as latin-1 text: back to their bytes, to compare with the keys' UTF-8 bytes
-    given = token.strip().encode("latin-1", "replace") if scheme.lower() == "bearer" else b""
-    given_digest = hashlib.sha256(given).digest()
-    matched = False
-    for key in keys:  # digests of equal length, no early exit: the time taken tells neither the key nor its length
-        matched |= hmac.compare_digest(given_digest, hashlib.sha256(key.encode("utf-8")).digest())
-    if not matched:
-        raise ApiError(401, "missing or invalid API key: send `Authorization: Bearer <key>`",
-                       type_="authentication_error", code="invalid_api_key")
 
 
 def _load(state: ServerState, engine_config: EngineConfig, factory: Callable[[EngineConfig], Engine]) -> None:

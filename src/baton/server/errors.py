@@ -7,6 +7,8 @@ stage broke while running the request, never bad input.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -44,16 +46,8 @@ def install_error_handlers(app: FastAPI) -> None:
         return error_response(exc)
 
     @app.exception_handler(RequestValidationError)
-    async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
-        first = exc.errors()[0] if exc.errors() else {}
-        location = [str(part) for part in first.get("loc", ()) if part != "body"]
-        field = ".".join(location) or None
-        message = first.get("msg", "invalid request")
-        if field:
-            message = f"`{field}`: {message}"
-            if "input" in first and first.get("type") != "missing":
-                message += f", got {first['input']!r}"
-        return error_response(ApiError(400, message, param=field, code=first.get("type")))
+    async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
+        return error_response(_body_error(request, exc))
 
     @app.exception_handler(Exception)
     async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
@@ -65,12 +59,48 @@ def install_error_handlers(app: FastAPI) -> None:
         return error_response(ApiError(exc.status_code, str(exc.detail), type_=kind, headers=exc.headers))
 
 
-def from_engine_error(exc: BaseException) -> ApiError:
-    """The HTTP answer for an error the engine raised for one request."""
+def _body_error(request: Request, exc: RequestValidationError) -> ApiError:
+    """What was wrong with a request's body, in the order a client should fix it: the media type, an empty body,
+    JSON that does not parse, then the first field that does not fit (named as the client sent it)."""
+    errors = exc.errors()
+    first = errors[0] if errors else {}
+    location = [part for part in first.get("loc", ()) if part != "body"]
+    if request.method in ("POST", "PUT", "PATCH") and first.get("loc", ("",))[0] == "body":
+        media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        if media_type and media_type != "application/json" and not media_type.endswith("+json"):
+            return ApiError(415, f"the body must be JSON (`Content-Type: application/json`), got {media_type!r}",
+                            code="unsupported_media_type")
+        if first.get("type") == "missing" and not location:
+            return ApiError(400, "the request body is empty; send a JSON object", code="empty_body")
+    if first.get("type") == "json_invalid":
+        position = location[0] if location and isinstance(location[0], int) else 0
+        text = exc.body if isinstance(exc.body, str) else ""
+        line = text.count("\n", 0, position) + 1
+        column = position - (text.rfind("\n", 0, position) + 1) + 1
+        reason = first.get("ctx", {}).get("error", "invalid JSON")
+        return ApiError(400, f"the body is not valid JSON: {reason} at line {line} column {column}",
+                        code="invalid_json")
+    field = ".".join(str(part) for part in location) or None
+    message = first.get("msg", "invalid request")
+    if field:
+        message = f"`{field}`: {message}"
+        if "input" in first and first.get("type") != "missing":
+            message += f", got {first['input']!r}"
+    return ApiError(400, message, param=field, code=first.get("type"))
+
+
+def from_engine_error(exc: BaseException, params: Mapping[str, tuple[str, str | None]] | None = None) -> ApiError:
+    """The HTTP answer for an error the engine raised for one request.
+
+    ``params``: engine fields the endpoint's clients call otherwise (OpenAI's ``n`` for ``num_images``), as
+    ``{field: (client's name, which part of it)}``, so that an error names what the client sent."""
     if isinstance(exc, InvalidRequestError):
         status = 404 if exc.field == "model" else 400
         kind = "not_found_error" if status == 404 else "invalid_request_error"
-        return ApiError(status, str(exc), type_=kind, param=exc.field, code="invalid_value")
+        param, part = (params or {}).get(exc.field, (exc.field, None))
+        message = str(exc) if param == exc.field else (
+            f"`{param}`{f' ({part})' if part else ''} {exc.allowed}, got {exc.value!r}")
+        return ApiError(status, message, type_=kind, param=param, code="invalid_value")
     if isinstance(exc, QueueFullError):
         return ApiError(429, f"{exc}", type_="rate_limit_error", code="queue_full",
                         headers={"Retry-After": str(RETRY_AFTER_S)})

@@ -20,6 +20,7 @@ from prometheus_client.registry import Collector
 
 from baton.engine import Engine
 from baton.request import GenerationResult
+from baton.stage_names import DENOISE
 
 _LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2, 4, 8, 15, 30, 60, 120, 300)
 _STAGE_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
@@ -53,8 +54,8 @@ class ServerMetrics:
         for stage, timing in result.timings.items():
             self.queue_wait.labels(stage).observe(timing.queue_wait_s)
             self.stage_run.labels(stage).observe(timing.run_s)
-        if "denoise" in result.timings:
-            self.denoiser_batch.observe(result.timings["denoise"].batch_images)
+        if DENOISE in result.timings:
+            self.denoiser_batch.observe(result.timings[DENOISE].batch_images)
 
     def images_per_second(self) -> float:
         return self._throughput.rate()
@@ -106,6 +107,14 @@ class _EngineCollector(Collector):
         pending = GaugeMetricFamily("baton_pending_requests", "Requests admitted and not finished")
         pending.add_metric([], stats["pending"])
         yield pending
+        work = GaugeMetricFamily("baton_queued_pixel_steps", "Work admitted and not finished: images x width x "
+                                 "height x steps, summed over the pending requests")
+        work.add_metric([], stats["queued_pixel_steps"])
+        yield work
+        stalled = GaugeMetricFamily("baton_stalled_seconds", "Seconds since any stage finished work (a denoising "
+                                    "step, a batch) while requests wait; 0 when idle (the watchdog's reading)")
+        stalled.add_metric([], engine.health()["stalled_s"])
+        yield stalled
         depth = GaugeMetricFamily("baton_queue_depth", "Requests waiting in each stage's queue", labels=["stage"])
         for stage, queued in stats["queued"].items():
             depth.add_metric([stage], queued)

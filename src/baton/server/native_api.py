@@ -12,50 +12,19 @@ import math
 import time
 import uuid
 from collections.abc import AsyncIterator
-from typing import Literal
 
 import numpy as np
 from fastapi import APIRouter, Request
-from fastapi.responses import StreamingResponse
+from fastapi.responses import JSONResponse, StreamingResponse
 from PIL import Image
-from pydantic import BaseModel, ConfigDict, Field
 
 from baton.request import GenerationRequest, GenerationResult
-from baton.server.app import ServerState
 from baton.server.errors import from_engine_error
-from baton.server.generation import admit, generate, image_entries, server_state, timeout_for
+from baton.server.generation import admit, cancel, generate, image_entries, timeout_for, warning_headers
+from baton.server.schema import HTTP_ONLY_FIELDS, GenerateRequest
+from baton.server.state import ServerState, server_state
 
 router = APIRouter(tags=["native"])
-
-
-class GenerateRequest(BaseModel):
-    """Every field of :class:`baton.GenerationRequest`, plus the response's shape, streaming and a timeout."""
-
-    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
-        {"prompt": "a red fox in the snow", "steps": 4, "width": 64, "height": 64, "seed": 0},
-        {"prompt": "a lighthouse at dusk", "negative_prompt": "blurry", "num_images": 2, "steps": 3, "width": 64,
-         "height": 64, "scheduler": "euler", "guidance_scale": 5.0, "output_format": "jpeg"},
-    ]})
-
-    prompt: str = Field(min_length=1)
-    negative_prompt: str | None = None
-    model: str | None = None
-    num_images: int = Field(1, ge=1)
-    width: int | None = None
-    height: int | None = None
-    steps: int = 30
-    guidance_scale: float | None = None
-    seed: int | None = None
-    scheduler: str = "default"
-    priority: int = 0
-    output_format: Literal["png", "jpeg", "webp"] = "png"
-    response_format: Literal["b64_json", "url"] = "b64_json"
-    timeout_s: float | None = Field(None, gt=0, description="default: the server's request timeout")
-    stream: bool = Field(False, description="answer with Server-Sent Events: progress, previews, then the result")
-    preview_every: int = Field(0, ge=0, description="with `stream`: a preview every k steps (0: none)")
-
-
-_NOT_REQUEST_FIELDS = {"response_format", "timeout_s", "stream", "preview_every"}
 
 
 @router.post("/v1/generate", responses={200: {"content": {"application/json": {}, "text/event-stream": {}}}})
@@ -66,16 +35,15 @@ async def generate_images(body: GenerateRequest, http_request: Request):
     each denoising step, ``preview`` events every ``preview_every`` steps (PNG images from a linear map of the
     latents, no VAE), then one ``result`` event (the JSON of the non-streaming answer) or one ``error`` event."""
     state = server_state(http_request)
-    request = GenerationRequest(**body.model_dump(exclude=_NOT_REQUEST_FIELDS))
+    request = GenerationRequest(**body.model_dump(exclude=HTTP_ONLY_FIELDS))
     if body.stream:
-        return _stream(state, http_request, body, request)
+        return _stream(state, body, request)
     started = time.perf_counter()
     result = await generate(state, http_request, request, body.timeout_s, endpoint="/v1/generate")
-    return _answer(state, http_request, body, result, started)
+    return JSONResponse(_answer(state, body, result, started), headers=warning_headers(result.warnings))
 
 
-def _answer(state: ServerState, http_request: Request, body: GenerateRequest, result: GenerationResult,
-            started: float) -> dict:
+def _answer(state: ServerState, body: GenerateRequest, result: GenerationResult, started: float) -> dict:
     first = result.images[0]
     return {
         "id": uuid.uuid4().hex,
@@ -91,12 +59,12 @@ def _answer(state: ServerState, http_request: Request, body: GenerateRequest, re
                     "batch_images": t.batch_images}
             for stage, t in result.timings.items()
         },
-        "images": image_entries(state, http_request, result, body.output_format, body.response_format),
+        "images": image_entries(state, result, body.output_format, body.response_format),
+        "warnings": result.warnings,
     }
 
 
-def _stream(state: ServerState, http_request: Request, body: GenerateRequest,
-            request: GenerationRequest) -> StreamingResponse:
+def _stream(state: ServerState, body: GenerateRequest, request: GenerationRequest) -> StreamingResponse:
     loop = asyncio.get_running_loop()
     events: asyncio.Queue[tuple] = asyncio.Queue()
 
@@ -108,7 +76,7 @@ def _stream(state: ServerState, http_request: Request, body: GenerateRequest,
         callbacks.update(preview=lambda done, total, rgb: push("preview", done, total, rgb),
                          preview_every=body.preview_every)
     started = time.perf_counter()
-    future = admit(state, request, **callbacks)  # bad input and a full queue still answer plain JSON errors
+    future, warnings = admit(state, request, **callbacks)  # bad input and a full queue answer plain JSON errors
     future.add_done_callback(lambda _: push("done", 0, 0, None))
 
     async def stream() -> AsyncIterator[str]:
@@ -117,7 +85,7 @@ def _stream(state: ServerState, http_request: Request, body: GenerateRequest,
             try:
                 kind, done, total, rgb = await asyncio.wait_for(events.get(), max(0.0, deadline - loop.time()))
             except TimeoutError:
-                if future.cancel():
+                if cancel(future):
                     state.metrics.cancelled.labels("timeout").inc()
                     yield _event("error", _error_body(from_engine_error(TimeoutError())))
                     return
@@ -138,23 +106,23 @@ def _stream(state: ServerState, http_request: Request, body: GenerateRequest,
                     return
                 state.metrics.observe_result(result)
                 state.metrics.latency.labels("/v1/generate").observe(time.perf_counter() - started)
-                yield _event("result", _answer(state, http_request, body, result, started))
+                yield _event("result", _answer(state, body, result, started))
                 return
 
     def client_gone() -> None:
-        if future.cancel():  # not settled yet: the client left; free the denoiser at the next step
+        if cancel(future):  # not settled nor timed out yet: the client left; free the denoiser at the next step
             state.metrics.cancelled.labels("client_disconnected").inc()
 
-    return _EventStream(stream(), on_close=client_gone)
+    return _EventStream(stream(), on_close=client_gone, headers=warning_headers(warnings))
 
 
 class _EventStream(StreamingResponse):
     """An SSE response that calls ``on_close`` however it ends, even when cancelled before its first event (the
     generator's own ``finally`` would never run then)."""
 
-    def __init__(self, content: AsyncIterator[str], on_close) -> None:
+    def __init__(self, content: AsyncIterator[str], on_close, headers: dict[str, str]) -> None:
         super().__init__(content, media_type="text/event-stream",
-                         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+                         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no", **headers})
         self._on_close = on_close
 
     async def __call__(self, scope, receive, send) -> None:

@@ -7,42 +7,20 @@ Accepted and ignored (documented): ``quality``, ``style``, ``user``, ``backgroun
 from __future__ import annotations
 
 import time
-from typing import Literal
 
 from fastapi import APIRouter, Request
-from fastapi.responses import Response
-from pydantic import BaseModel, ConfigDict, Field
+from fastapi.responses import JSONResponse, Response
+from pydantic import BaseModel
 
 from baton.request import GenerationRequest
 from baton.server.errors import ApiError
-from baton.server.generation import generate, image_entries, parse_size, server_state
+from baton.server.generation import IMAGE_ROUTE, generate, image_entries, parse_size, warning_headers
+from baton.server.schema import OPENAI_PARAMS, ImageGenerationRequest
+from baton.server.state import server_state
 
 router = APIRouter(tags=["openai"])
-
-
-class ImageGenerationRequest(BaseModel):
-    """OpenAI's image generation body. Unknown fields are refused (400 naming them), so typos do not pass."""
-
-    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
-        {"prompt": "a red fox in the snow", "n": 1, "size": "64x64"},
-        {"prompt": "a bowl of ramen", "n": 2, "size": "64x64", "response_format": "url", "output_format": "webp"},
-    ]})
-
-    prompt: str = Field(min_length=1)
-    model: str | None = None
-    n: int = Field(1, ge=1)
-    size: str | None = Field(None, description="'WIDTHxHEIGHT' or 'auto' (the model's native size)")
-    response_format: Literal["b64_json", "url"] = "b64_json"
-    output_format: Literal["png", "jpeg", "webp"] = "png"
-    stream: bool = False
-    # accepted for compatibility, ignored
-    quality: str | None = None
-    style: str | None = None
-    user: str | None = None
-    background: str | None = None
-    moderation: str | None = None
-    output_compression: int | None = None
-    partial_images: int | None = None
+images_router = APIRouter(tags=["openai"])
+"""The route serving images by URL: behind the key like the rest, or open with capability URLs."""
 
 
 class ImageData(BaseModel):
@@ -55,10 +33,12 @@ class ImagesResponse(BaseModel):
     data: list[ImageData]
     output_format: str
     size: str
+    warnings: list[str] | None = None
+    """baton's addition: e.g. a prompt longer than the text encoder reads (also in ``X-Baton-Warnings``)."""
 
 
 @router.post("/v1/images/generations", response_model=ImagesResponse, response_model_exclude_none=True)
-async def create_images(body: ImageGenerationRequest, http_request: Request) -> dict:
+async def create_images(body: ImageGenerationRequest, http_request: Request) -> JSONResponse:
     """Generate ``n`` images from ``prompt``."""
     state = server_state(http_request)
     if body.stream:
@@ -69,18 +49,29 @@ async def create_images(body: ImageGenerationRequest, http_request: Request) -> 
     request = GenerationRequest(prompt=body.prompt, model=body.model, num_images=body.n, width=width, height=height,
                                 steps=steps, output_format=body.output_format)
     result = await generate(state, http_request, request, timeout_s=None, endpoint="/v1/images/generations",
-                            count_field="n")
+                            params=OPENAI_PARAMS)
     first = result.images[0] if result.images else None
-    return {
-        "created": int(time.time()),
-        "data": image_entries(state, http_request, result, body.output_format, body.response_format),
-        "output_format": body.output_format,
-        "size": f"{first.width}x{first.height}" if first else "",
-    }
+    answer = ImagesResponse(
+        created=int(time.time()),
+        data=image_entries(state, result, body.output_format, body.response_format),
+        output_format=body.output_format,
+        size=f"{first.width}x{first.height}" if first else "",
+        warnings=result.warnings or None,
+    )
+    return JSONResponse(answer.model_dump(exclude_none=True), headers=warning_headers(result.warnings))
 
 
-@router.get("/v1/images/{name}", name="get_image", response_class=Response,
-            responses={200: {"content": {"image/png": {}, "image/jpeg": {}, "image/webp": {}}}, 404: {}})
+@router.post("/v1/images/edits", include_in_schema=False)
+@router.post("/v1/images/variations", include_in_schema=False)
+def not_supported_yet(http_request: Request) -> None:
+    """OpenAI's other image endpoints: a clear 404 rather than a 405 from the image route's path."""
+    raise ApiError(404, f"POST {http_request.url.path} is not supported yet; baton generates images from text "
+                        "(POST /v1/images/generations)", type_="not_found_error", code="not_supported")
+
+
+@images_router.head(IMAGE_ROUTE + "/{name}", include_in_schema=False)
+@images_router.get(IMAGE_ROUTE + "/{name}", response_class=Response,
+                   responses={200: {"content": {"image/png": {}, "image/jpeg": {}, "image/webp": {}}}, 404: {}})
 def get_image(name: str, http_request: Request) -> Response:
     """An image generated with ``response_format="url"``, while it is kept."""
     image = server_state(http_request).images.get(name)
