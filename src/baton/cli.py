@@ -1,100 +1,195 @@
-"""The ``baton`` command line: ``generate``, ``serve``, ``demo``, ``train-shapes``, ``models``, ``info``, ``bench``."""
+"""The ``baton`` command line: ``generate``, ``serve``, ``demo``, ``train-shapes``, ``models``, ``info``, ``bench``.
+
+Building the parser imports neither torch nor diffusers (``baton --help`` answers at once); each command imports
+what it needs. Every error is one line on stderr and exit status 2.
+"""
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import logging
 import os
 import platform
 import sys
+import warnings
 from pathlib import Path
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from rich.text import Text
 
 from baton import __version__
+from baton.config import DTYPE_NAMES, ENGINE_MODES, EngineConfig, RequestLimits
 from baton.optim.cli_args import add_optimization_args, config_from_args
+from baton.request import parse_size
 
 console = Console()
+err_console = Console(stderr=True, soft_wrap=True, highlight=False)
+
+# ServerConfig's defaults, for `serve --help`: baton.server.state imports torch and FastAPI, which the parser must
+# not wait for. tests/test_cli.py checks that they agree.
+SERVER_DEFAULTS = {"request_timeout_s": 300.0, "max_prompt_chars": 2000, "max_body_bytes": 1 << 20,
+                   "openai_steps": 30, "max_pixels_per_request": 16 * 1024 * 1024, "stuck_after_s": 120.0,
+                   "drain_timeout_s": 30.0, "header_timeout_s": 10.0, "body_timeout_s": 30.0, "keep_alive_s": 5.0}
+DEVICE_HELP = "auto (CUDA when available, else the CPU), cpu, cuda or cuda:N"
+DTYPE_HELP = "auto: float16 on CUDA, float32 on a CPU"
+MODE_HELP = "stacked: the plain diffusers pipeline, one request at a time (the baseline)"
 
 
 def main(argv: list[str] | None = None) -> int:
-    # transformers warns at import that torchvision is missing (it is not needed here): keep the terminal clean.
-    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-    parser = _parser()
-    args = parser.parse_args(argv)
+    args = _parser().parse_args(argv)  # a bad flag exits 2 here, in one line (_Parser.error)
+    if not args.verbose:
+        _quiet_libraries()
     logging.basicConfig(level=logging.WARNING if not args.verbose else logging.INFO, format="%(name)s: %(message)s")
     from baton.errors import BatonError
-    from baton.models import ModelLoadError
 
     try:
         return args.handler(args)
-    except (BatonError, ModelLoadError, ValueError) as exc:
-        console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)  # whole, for grep and logs
+    except (BatonError, ValueError, OSError) as exc:  # ModelLoadError is a ValueError
+        _error(f"baton {args.command}", str(exc))
         return 2
+    except KeyboardInterrupt:
+        _error(f"baton {args.command}", "interrupted")
+        return 130
+
+
+def _error(prog: str, message: str) -> None:
+    """One line on stderr, whatever the message holds (a library's exception text can span lines)."""
+    err_console.print(Text.assemble((f"{prog}: error: ", "bold red"), " ".join(message.split())))
+
+
+def _quiet_libraries() -> None:
+    """No library chatter unless ``--verbose``: transformers' notices (torchvision is missing, which nothing here
+    needs), the loading progress bars, and the deprecation warnings libraries raise about each other. Environment
+    variables, because the libraries read them once, at import, which comes after this (the parser imports none)."""
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    # diffusers' "Loading pipeline components" bar has no switch before import; tqdm's own default does. A bar
+    # that passes `disable=False` (baton's compile warm-up, minutes long, on a terminal) still shows.
+    os.environ.setdefault("TQDM_DISABLE", "1")
+    warnings.simplefilter("ignore")
+    # imported already (a program calling main(), the tests): too late for the environment, so their switches
+    for library in ("diffusers", "transformers"):
+        if library in sys.modules:
+            library_logging = importlib.import_module(f"{library}.utils.logging")
+            library_logging.set_verbosity_error()
+            library_logging.disable_progress_bar()
+
+
+class _DefaultsFormatter(argparse.HelpFormatter):
+    """Help that shows each option's default, unless it is unset or the help already says it."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        help_text = action.help or ""
+        unset = action.default is None or action.default is False or action.default is argparse.SUPPRESS
+        if not action.option_strings or unset or "(default" in help_text:
+            return help_text
+        return f"{help_text} (default: %(default)s)".strip()
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors (its own are a usage block and a line) and defaults in the help."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        kwargs.setdefault("formatter_class", _DefaultsFormatter)
+        super().__init__(*args, **kwargs)
+
+    def error(self, message: str):
+        _error(self.prog, f"{message} (see `{self.prog} --help`)")
+        self.exit(2)
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="baton", description="A serving engine for text-to-image diffusion models.")
+    parser = _Parser(prog="baton", description="A serving engine for text-to-image diffusion models.")
     parser.add_argument("--version", action="version", version=f"baton {__version__}")
-    parser.add_argument("-v", "--verbose", action="store_true", help="log what the engine does")
+    parser.add_argument("-v", "--verbose", action="store_true",
+                        help="log what the engine does, and show the libraries' warnings and progress bars")
     commands = parser.add_subparsers(dest="command", required=True)
+    engine_default = EngineConfig.__dataclass_fields__
 
     generate = commands.add_parser("generate", help="generate images from a prompt and write them to a folder")
     generate.add_argument("prompt")
     generate.add_argument("--model", default="shapes", help="built-in name (see `baton models`), folder or hub id")
-    generate.add_argument("--negative-prompt", default=None)
-    generate.add_argument("-n", "--num-images", type=int, default=1)
-    generate.add_argument("--steps", type=int, default=30)
+    generate.add_argument("--negative-prompt", default=None, help="what the images should not show")
+    generate.add_argument("-n", "--num-images", type=int, default=1, help="images to generate")
+    generate.add_argument("--steps", type=int, default=30, help="denoising steps")
     generate.add_argument("--guidance", type=float, default=None, help="guidance scale (default: the model's)")
-    generate.add_argument("--seed", type=int, default=None)
+    generate.add_argument("--seed", type=int, default=None, help="(default: a random one, printed)")
     generate.add_argument("--size", type=_size, default=None, help="WIDTHxHEIGHT (default: the model's)")
-    generate.add_argument("--scheduler", default="default")
-    generate.add_argument("--format", choices=("png", "jpeg", "webp"), default="png")
-    generate.add_argument("--out", type=Path, default=Path("outputs"))
-    generate.add_argument("--device", default="auto")
-    generate.add_argument("--dtype", default="auto", choices=("auto", "float32", "float16", "bfloat16"))
-    generate.add_argument("--mode", default="staged", choices=("staged", "stacked"))
+    generate.add_argument("--scheduler", default="default", help="sampler name (default: the model's own)")
+    generate.add_argument("--format", choices=("png", "jpeg", "webp"), default="png", help="image file format")
+    generate.add_argument("--out", type=_out_folder, default="outputs", help="folder to write the images to")
+    generate.add_argument("--device", default=engine_default["device"].default, help=DEVICE_HELP)
+    generate.add_argument("--dtype", default=engine_default["dtype"].default, choices=DTYPE_NAMES, help=DTYPE_HELP)
+    generate.add_argument("--mode", default=engine_default["mode"].default, choices=ENGINE_MODES, help=MODE_HELP)
     generate.add_argument("--profile", type=Path, default=None, metavar="DIR",
                           help="write a torch.profiler trace and a per-stage summary of this generation to DIR")
+    _add_max_size_arg(generate)
     add_optimization_args(generate)
     generate.set_defaults(handler=_generate)
 
     serve = commands.add_parser("serve", help="serve the OpenAI-compatible images API and the native API over HTTP")
     serve.add_argument("--model", default="shapes", help="model(s) to load, comma-separated; the first is the "
                                                             "default")
-    serve.add_argument("--host", default="127.0.0.1")
-    serve.add_argument("--port", type=int, default=8000)
-    serve.add_argument("--device", default="auto")
-    serve.add_argument("--dtype", default="auto", choices=("auto", "float32", "float16", "bfloat16"))
-    serve.add_argument("--max-queue", type=int, default=256, help="requests in flight before 429")
-    serve.add_argument("--mode", default="staged", choices=("staged", "stacked"),
-                       help="stacked: the plain diffusers pipeline behind the same API (the baseline)")
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
+    serve.add_argument("--port", type=int, default=8000, help="port to listen on (0: a free one, printed)")
+    serve.add_argument("--device", default=engine_default["device"].default, help=DEVICE_HELP)
+    serve.add_argument("--dtype", default=engine_default["dtype"].default, choices=DTYPE_NAMES, help=DTYPE_HELP)
+    serve.add_argument("--mode", default=engine_default["mode"].default, choices=ENGINE_MODES, help=MODE_HELP)
     serve.add_argument("--api-key-file", type=Path, default=None,
                        help="file of API keys, one per line (default: $BATON_API_KEYS, comma-separated; none: no auth)")
-    serve.add_argument("--request-timeout", type=float, default=300.0, help="seconds before a request gets 504")
-    serve.add_argument("--max-prompt-chars", type=int, default=2000)
-    serve.add_argument("--max-body-bytes", type=int, default=1 << 20, help="largest request body (413 beyond)")
-    serve.add_argument("--openai-steps", type=int, default=30,
-                       help="denoising steps of /v1/images/generations requests (OpenAI's API has no such field)")
-    serve.add_argument("--max-pixels", type=int, default=16 * 1024 * 1024, help="most images x width x height per "
-                                                                                "request")
+    limits = serve.add_argument_group("limits")
+    limits.add_argument("--max-queue", type=int, default=engine_default["max_queue"].default,
+                        help="requests in flight before 429")
+    limits.add_argument("--max-queued-pixel-steps", type=int, default=None,
+                        help="work in flight (images x width x height x steps) before 429 (default: 128 images at "
+                             "the largest model's native size and 30 steps)")
+    _add_max_size_arg(limits)
+    limits.add_argument("--request-timeout", type=float, default=SERVER_DEFAULTS["request_timeout_s"],
+                        help="seconds before a request gets 504")
+    limits.add_argument("--max-prompt-chars", type=int, default=SERVER_DEFAULTS["max_prompt_chars"],
+                        help="longest prompt or negative prompt")
+    limits.add_argument("--max-body-bytes", type=int, default=SERVER_DEFAULTS["max_body_bytes"],
+                        help="largest request body (413 beyond)")
+    limits.add_argument("--max-pixels", type=int, default=SERVER_DEFAULTS["max_pixels_per_request"],
+                        help="most images x width x height per request")
+    limits.add_argument("--openai-steps", type=int, default=SERVER_DEFAULTS["openai_steps"],
+                        help="denoising steps of /v1/images/generations requests (OpenAI's API has no such field)")
+    urls = serve.add_argument_group("image URLs")
+    urls.add_argument("--public-url", default=None,
+                      help="base URL clients reach this server at, for image URLs (default: relative URLs)")
+    urls.add_argument("--capability-urls", action="store_true",
+                      help="image URLs work without the API key (192 random bits each, for <img> tags)")
+    lifecycle = serve.add_argument_group("health, shutdown and slow clients (seconds)")
+    lifecycle.add_argument("--stuck-after", type=float, default=SERVER_DEFAULTS["stuck_after_s"],
+                           help="/readyz turns 503 when requests wait and no stage progressed for this long")
+    lifecycle.add_argument("--drain-timeout", type=float, default=SERVER_DEFAULTS["drain_timeout_s"],
+                           help="after SIGTERM, how long in-flight requests may take to finish before they are "
+                                "failed and the process exits (a second signal ends the wait)")
+    lifecycle.add_argument("--header-timeout", type=float, default=SERVER_DEFAULTS["header_timeout_s"],
+                           help="a connection that has not sent a request's headers in this time is closed")
+    lifecycle.add_argument("--body-timeout", type=float, default=SERVER_DEFAULTS["body_timeout_s"],
+                           help="a request body that stalls this long gets 408")
+    lifecycle.add_argument("--keep-alive", type=float, default=SERVER_DEFAULTS["keep_alive_s"],
+                           help="an idle keep-alive connection is closed after this long")
     add_optimization_args(serve)
     serve.set_defaults(handler=_serve)
 
     demo = commands.add_parser("demo", help="draw a grid of shapes prompts through the staged engine into one PNG")
     demo.add_argument("--model", default="shapes", help="a model trained on shapes captions (default: the built-in)")
     demo.add_argument("--steps", type=int, default=None, help="denoising steps (default: the engine's)")
-    demo.add_argument("--seed", type=int, default=0)
-    demo.add_argument("--out", type=Path, default=Path("outputs/demo"))
-    demo.add_argument("--device", default="auto")
-    demo.add_argument("--dtype", default="auto", choices=("auto", "float32", "float16", "bfloat16"))
+    demo.add_argument("--seed", type=int, default=0, help="seed of the first prompt (the others follow it)")
+    demo.add_argument("--out", type=_out_folder, default="outputs/demo", help="folder to write the grid to")
+    demo.add_argument("--device", default=engine_default["device"].default, help=DEVICE_HELP)
+    demo.add_argument("--dtype", default=engine_default["dtype"].default, choices=DTYPE_NAMES, help=DTYPE_HELP)
     add_optimization_args(demo)
     demo.set_defaults(handler=_demo)
 
     train = commands.add_parser("train-shapes", help="train the small shapes model from scratch (CPU or GPU)")
-    train.add_argument("--out", type=Path, required=True, help="folder to save the pipeline to")
+    train.add_argument("--out", type=_out_folder, required=True, help="folder to save the pipeline to")
     train.add_argument("--vae-minutes", type=float, default=7.0)
     train.add_argument("--unet-minutes", type=float, default=33.0)
     train.add_argument("--tiny-vae-minutes", type=float, default=2.0)
@@ -113,8 +208,8 @@ def _parser() -> argparse.ArgumentParser:
         "info", help="versions, devices and dtypes available here; with --model, what an engine would apply"
     )
     info.add_argument("--model", default=None, help="load this model and report the optimizations applied to it")
-    info.add_argument("--device", default="auto")
-    info.add_argument("--dtype", default="auto", choices=("auto", "float32", "float16", "bfloat16"))
+    info.add_argument("--device", default=engine_default["device"].default, help=DEVICE_HELP)
+    info.add_argument("--dtype", default=engine_default["dtype"].default, choices=DTYPE_NAMES, help=DTYPE_HELP)
     add_optimization_args(info)
     info.set_defaults(handler=_info)
 
@@ -126,10 +221,46 @@ def _parser() -> argparse.ArgumentParser:
 
 def _size(text: str) -> tuple[int, int]:
     try:
-        width, height = (int(part) for part in text.lower().split("x"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"`--size` must look like 512x512, got {text!r}") from None
-    return width, height
+        return parse_size(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _out_folder(text: str) -> Path:
+    """A folder to write to, refused at parse time when a file has its name: before any model loads or trains."""
+    path = Path(text)
+    if path.exists() and not path.is_dir():
+        raise argparse.ArgumentTypeError(f"{text!r} is a file; give a folder (it is created if missing)")
+    return path
+
+
+def _add_max_size_arg(parser) -> None:
+    parser.add_argument("--max-size", type=_max_size, action="append", default=None, metavar="[MODEL=]SIDE",
+                        help="largest width or height a request may ask for: SIDE for every model, MODEL=SIDE for "
+                             "one (repeatable) (default: the model folder's baton.json, else twice the native side)")
+
+
+def _max_size(text: str) -> int | tuple[str, int]:
+    model, _, side = text.rpartition("=")
+    if not (side.isascii() and side.isdigit()) or (model == "" and "=" in text):
+        raise argparse.ArgumentTypeError(f"must be SIDE or MODEL=SIDE, like 512 or shapes=128, got {text!r}")
+    return (model, int(side)) if model else int(side)
+
+
+def _limits(args: argparse.Namespace, models: tuple[str, ...]) -> RequestLimits:
+    """RequestLimits from ``--max-size``: at most one SIDE for every model, and MODEL=SIDE for loaded models."""
+    given = args.max_size or []
+    every = [value for value in given if isinstance(value, int)]
+    per_model = [value for value in given if isinstance(value, tuple)]
+    if len(every) > 1:
+        raise ValueError(f"`--max-size` for every model is given {len(every)} times ({every}); give it once")
+    names = [model for model, _ in per_model]
+    for model in names:
+        if model not in models:
+            raise ValueError(f"`--max-size` names {model!r}, which is not loaded here (models: {', '.join(models)})")
+        if names.count(model) > 1:
+            raise ValueError(f"`--max-size` names {model!r} more than once")
+    return RequestLimits(max_size=every[0] if every else None, model_max_size=tuple(per_model))
 
 
 def _generate(args: argparse.Namespace) -> int:
@@ -148,7 +279,7 @@ def _generate(args: argparse.Namespace) -> int:
         scheduler=args.scheduler,
         output_format=args.format,
     )
-    engine = _engine(args, mode=args.mode)
+    engine = _engine(args, mode=args.mode, limits=_limits(args, (args.model,)))
     with engine:
         request = engine.resolve(request)  # bad input fails here, before any model work
         with _profile(args.profile, engine.device) as profile, _progress() as progress:
@@ -191,24 +322,39 @@ def _engine(args: argparse.Namespace, **fields):
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from baton.device import resolve_device
+    from baton.device import resolve_device, resolve_dtype
+    from baton.optim import check_optimizations
     from baton.server import ServerConfig, create_app
-    from baton.server.app import load_api_keys
-    from baton.server.run import serve
+    from baton.server.auth import load_api_keys
+    from baton.server.run import bind_socket, serve
 
+    # 1. settings: whatever cannot run fails here, in one line. The engine loads in the background once the
+    #    server listens, where its own checks would only turn /healthz red.
     models = tuple(name.strip() for name in args.model.split(",") if name.strip())
-    engine_config = config_from_args(args, resolve_device(args.device).type, models=models, device=args.device,
-                                     dtype=args.dtype, max_queue=args.max_queue, mode=args.mode)
+    device = resolve_device(args.device)
+    engine_config = config_from_args(args, device.type, models=models, device=args.device, dtype=args.dtype,
+                                     max_queue=args.max_queue, mode=args.mode, limits=_limits(args, models),
+                                     max_queued_pixel_steps=args.max_queued_pixel_steps)
+    resolve_dtype(engine_config.dtype, device)
+    check_optimizations(engine_config, device)
     keys = load_api_keys(args.api_key_file)
-    server_config = ServerConfig(api_keys=keys, request_timeout_s=args.request_timeout,
-                                 max_prompt_chars=args.max_prompt_chars, max_pixels_per_request=args.max_pixels,
-                                 openai_steps=args.openai_steps, max_body_bytes=args.max_body_bytes)
+    server_config = ServerConfig(
+        api_keys=keys, request_timeout_s=args.request_timeout, max_prompt_chars=args.max_prompt_chars,
+        max_pixels_per_request=args.max_pixels, openai_steps=args.openai_steps, max_body_bytes=args.max_body_bytes,
+        public_url=args.public_url, capability_urls=args.capability_urls, stuck_after_s=args.stuck_after,
+        drain_timeout_s=args.drain_timeout, header_timeout_s=args.header_timeout, body_timeout_s=args.body_timeout,
+        keep_alive_s=args.keep_alive,
+    )
+    app = create_app(engine_config, server_config)
+    # 2. the port: taken before the URL is announced, so a busy one is an error and the banner is always true
+    sock = bind_socket(args.host, args.port)
     logging.getLogger("baton.server").setLevel(logging.INFO)
-    console.print(f"baton serving {', '.join(models)} at [bold]http://{args.host}:{args.port}[/] "
+    host = f"[{args.host}]" if ":" in args.host else args.host
+    console.print(f"baton serving {', '.join(models)} at [bold]http://{host}:{sock.getsockname()[1]}[/] "
                   f"({'API keys required' if keys else 'no auth'}); /readyz turns 200 once the models are loaded",
-                  highlight=False)
-    serve(create_app(engine_config, server_config), args.host, args.port)
-    return 0
+                  highlight=False, soft_wrap=True)
+    # 3. serve until SIGTERM or Ctrl-C, then drain (baton.server.run)
+    return serve(app, sock)
 
 
 def _demo(args: argparse.Namespace) -> int:

@@ -1,4 +1,5 @@
-"""``baton serve`` as users run it: a process on a port, ready once loaded, draining in-flight work on SIGTERM."""
+"""``baton serve`` as users run it: the installed script, a process on a port, ready once loaded, draining
+in-flight work on SIGTERM, quiet on the terminal, and refusing in one line what it cannot do."""
 
 from __future__ import annotations
 
@@ -13,32 +14,14 @@ from pathlib import Path
 
 import httpx
 
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+from tests.e2e.conftest import QUIETING_ENV, serve_process
 
 
 def test_serve_answers_with_a_key_file_and_drains_in_flight_requests_on_sigterm(tmp_path: Path):
     keys = tmp_path / "keys"
     keys.write_text("# the team's key\nkey-one\n")
-    port = free_port()
-    baton = Path(sys.executable).parent / "baton"
-    process = subprocess.Popen([str(baton), "serve", "--port", str(port), "--api-key-file", str(keys)],
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                               env={**os.environ, "HF_HUB_OFFLINE": "1"})
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            assert process.poll() is None and time.monotonic() < deadline, "baton serve did not get ready"
-            try:
-                if httpx.get(f"{url}/readyz").status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            time.sleep(0.1)
+    with serve_process("--api-key-file", str(keys), installed=True) as server:
+        url = server.url
         auth = {"Authorization": "Bearer key-one"}
         assert httpx.get(f"{url}/v1/models").status_code == 401
         in_flight: dict = {}
@@ -49,17 +32,32 @@ def test_serve_answers_with_a_key_file_and_drains_in_flight_requests_on_sigterm(
 
         sender = threading.Thread(target=slow_request)
         sender.start()
-        while httpx.get(f"{url}/readyz").json().get("pending", 0) == 0:  # admitted
+        while httpx.get(f"{url}/v1/stats", headers=auth).json()["pending"] == 0:  # admitted
             time.sleep(0.01)
-        process.send_signal(signal.SIGTERM)
+        server.process.send_signal(signal.SIGTERM)
         sender.join(120)
         assert in_flight["response"].status_code == 200  # finished, not dropped
         # uvicorn re-raises the signal once it has shut down gracefully: the exit status says "terminated"
-        assert process.wait(60) in (0, -signal.SIGTERM)
-    finally:
-        if process.poll() is None:
-            process.kill()
-    output = process.stdout.read()
-    assert f"baton serving shapes at http://127.0.0.1:{port} (API keys required)" in output
+        assert server.process.wait(60) == -signal.SIGTERM
+    output = server.output
+    # the banner, printed once the port was bound, with the port the system chose for --port 0
+    assert f"baton serving shapes at {url} (API keys required)" in output
     assert "ready: shapes loaded and warmed" in output
     assert "Application shutdown complete" in output  # the engine closed after the in-flight request
+    # quiet: no library notices, deprecation warnings or loading progress bars
+    for noise in ("[transformers]", "Warning", "Loading pipeline components", "Loading weights", "it/s"):
+        assert noise not in output, output
+
+
+def test_serve_on_a_busy_port_says_so_in_one_line_and_exits_2():
+    env = {name: value for name, value in os.environ.items() if name not in QUIETING_ENV}
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        done = subprocess.run([str(Path(sys.executable).parent / "baton"), "serve", "--port", str(port)],
+                              capture_output=True, text=True, env={**env, "HF_HUB_OFFLINE": "1"}, timeout=120)
+    assert done.returncode == 2
+    expected = f"baton serve: error: cannot listen on 127.0.0.1:{port}: Address already in use"
+    assert done.stderr.splitlines() == [expected]
+    assert "serving" not in done.stdout
