@@ -22,6 +22,7 @@ demo: $(STAMP)
 	$(BIN)/baton demo --out outputs/demo
 
 test: $(STAMP)
+	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
 clean:

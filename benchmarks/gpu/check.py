@@ -38,8 +38,9 @@ import tempfile
 import threading
 import time
 import xml.etree.ElementTree as ElementTree
+from collections.abc import Callable
 from pathlib import Path
-from typing import IO, Any, Callable
+from typing import IO, Any
 
 ROOT = Path(__file__).resolve().parents[2]
 SUMMARY = "gpu-check.json"
@@ -471,7 +472,7 @@ def _git_commit() -> str | None:
 
 
 def _now() -> str:
-    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    return datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
 
 
 def _stamp() -> str:

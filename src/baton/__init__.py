@@ -46,7 +46,6 @@ if TYPE_CHECKING:
         RequestLimits,
         StageConfig,
     )
-    from baton.optim.presets import PRESETS, preset_config
     from baton.engine import Engine
     from baton.errors import (
         BatonError,
@@ -57,6 +56,7 @@ if TYPE_CHECKING:
         RequestError,
         StageError,
     )
+    from baton.optim.presets import PRESETS, preset_config
     from baton.request import GenerationRequest, GenerationResult, StageTiming
 
 
