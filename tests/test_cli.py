@@ -1,6 +1,5 @@
 """The command line, run in-process (and, for what a user's terminal sees, as a process)."""
 
-import dataclasses
 import json
 import os
 import socket
@@ -10,7 +9,7 @@ import sys
 import pytest
 from PIL import Image
 
-from baton.cli import SERVER_DEFAULTS, main
+from baton.cli import main
 
 
 def one_line(text: str) -> str:
@@ -135,10 +134,14 @@ def test_serve_help_shows_the_defaults(capsys):
 
 
 def test_the_serve_defaults_are_the_server_configs():
+    from baton.cli import _parser
     from baton.server import ServerConfig
 
-    defaults = {field.name: field.default for field in dataclasses.fields(ServerConfig)}
-    assert {name: defaults[name] for name in SERVER_DEFAULTS} == SERVER_DEFAULTS
+    args, config = _parser().parse_args(["serve"]), ServerConfig()
+    for flag, field in (("request_timeout", "request_timeout_s"), ("stuck_after", "stuck_after_s"),
+                        ("drain_timeout", "drain_timeout_s"), ("keep_alive", "keep_alive_s"),
+                        ("max_pixels", "max_pixels_per_request"), ("openai_steps", "openai_steps")):
+        assert getattr(args, flag) == getattr(config, field), flag
 
 
 def test_help_and_models_print_nothing_on_stderr_and_help_needs_no_torch():

@@ -23,16 +23,12 @@ from rich.text import Text
 from baton import __version__
 from baton.config import DTYPE_NAMES, ENGINE_MODES, EngineConfig, RequestLimits
 from baton.optim.cli_args import add_optimization_args, config_from_args
-from baton.request import parse_size
+from baton.request import DEFAULT_STEPS, parse_size
+from baton.server.settings import ServerConfig
 
 console = Console()
 err_console = Console(stderr=True, soft_wrap=True, highlight=False)
 
-# ServerConfig's defaults, for `serve --help`: baton.server.state imports torch and FastAPI, which the parser must
-# not wait for. tests/test_cli.py checks that they agree.
-SERVER_DEFAULTS = {"request_timeout_s": 300.0, "max_prompt_chars": 2000, "max_body_bytes": 1 << 20,
-                   "openai_steps": 30, "max_pixels_per_request": 16 * 1024 * 1024, "stuck_after_s": 120.0,
-                   "drain_timeout_s": 30.0, "header_timeout_s": 10.0, "body_timeout_s": 30.0, "keep_alive_s": 5.0}
 DEVICE_HELP = "auto (CUDA when available, else the CPU), cpu, cuda or cuda:N"
 DTYPE_HELP = "auto: float16 on CUDA, float32 on a CPU"
 MODE_HELP = "stacked: the plain diffusers pipeline, one request at a time (the baseline)"
@@ -70,7 +66,8 @@ def _quiet_libraries() -> None:
     # diffusers' "Loading pipeline components" bar has no switch before import; tqdm's own default does. A bar
     # that passes `disable=False` (baton's compile warm-up, minutes long, on a terminal) still shows.
     os.environ.setdefault("TQDM_DISABLE", "1")
-    warnings.simplefilter("ignore")
+    # only what the libraries warn about each other; a warning about baton's own use of them must be fixed, not hidden
+    warnings.filterwarnings("ignore", module=r"(diffusers|transformers|huggingface_hub|accelerate|torch)(\.|$)")
     # imported already (a program calling main(), the tests): too late for the environment, so their switches
     for library in ("diffusers", "transformers"):
         if library in sys.modules:
@@ -109,13 +106,14 @@ def _parser() -> argparse.ArgumentParser:
                         help="log what the engine does, and show the libraries' warnings and progress bars")
     commands = parser.add_subparsers(dest="command", required=True)
     engine_default = EngineConfig.__dataclass_fields__
+    server_default = {name: spec.default for name, spec in ServerConfig.__dataclass_fields__.items()}
 
     generate = commands.add_parser("generate", help="generate images from a prompt and write them to a folder")
     generate.add_argument("prompt")
     generate.add_argument("--model", default="shapes", help="built-in name (see `baton models`), folder or hub id")
     generate.add_argument("--negative-prompt", default=None, help="what the images should not show")
     generate.add_argument("-n", "--num-images", type=int, default=1, help="images to generate")
-    generate.add_argument("--steps", type=int, default=30, help="denoising steps")
+    generate.add_argument("--steps", type=int, default=DEFAULT_STEPS, help="denoising steps")
     generate.add_argument("--guidance", type=float, default=None, help="guidance scale (default: the model's)")
     generate.add_argument("--seed", type=int, default=None, help="(default: a random one, printed)")
     generate.add_argument("--size", type=_size, default=None, help="WIDTHxHEIGHT (default: the model's)")
@@ -148,15 +146,15 @@ def _parser() -> argparse.ArgumentParser:
                         help="work in flight (images x width x height x steps) before 429 (default: 128 images at "
                              "the largest model's native size and 30 steps)")
     _add_max_size_arg(limits)
-    limits.add_argument("--request-timeout", type=float, default=SERVER_DEFAULTS["request_timeout_s"],
+    limits.add_argument("--request-timeout", type=float, default=server_default["request_timeout_s"],
                         help="seconds before a request gets 504")
-    limits.add_argument("--max-prompt-chars", type=int, default=SERVER_DEFAULTS["max_prompt_chars"],
+    limits.add_argument("--max-prompt-chars", type=int, default=server_default["max_prompt_chars"],
                         help="longest prompt or negative prompt")
-    limits.add_argument("--max-body-bytes", type=int, default=SERVER_DEFAULTS["max_body_bytes"],
+    limits.add_argument("--max-body-bytes", type=int, default=server_default["max_body_bytes"],
                         help="largest request body (413 beyond)")
-    limits.add_argument("--max-pixels", type=int, default=SERVER_DEFAULTS["max_pixels_per_request"],
+    limits.add_argument("--max-pixels", type=int, default=server_default["max_pixels_per_request"],
                         help="most images x width x height per request")
-    limits.add_argument("--openai-steps", type=int, default=SERVER_DEFAULTS["openai_steps"],
+    limits.add_argument("--openai-steps", type=int, default=server_default["openai_steps"],
                         help="denoising steps of /v1/images/generations requests (OpenAI's API has no such field)")
     urls = serve.add_argument_group("image URLs")
     urls.add_argument("--public-url", default=None,
@@ -164,16 +162,16 @@ def _parser() -> argparse.ArgumentParser:
     urls.add_argument("--capability-urls", action="store_true",
                       help="image URLs work without the API key (192 random bits each, for <img> tags)")
     lifecycle = serve.add_argument_group("health, shutdown and slow clients (seconds)")
-    lifecycle.add_argument("--stuck-after", type=float, default=SERVER_DEFAULTS["stuck_after_s"],
+    lifecycle.add_argument("--stuck-after", type=float, default=server_default["stuck_after_s"],
                            help="/readyz turns 503 when requests wait and no stage progressed for this long")
-    lifecycle.add_argument("--drain-timeout", type=float, default=SERVER_DEFAULTS["drain_timeout_s"],
+    lifecycle.add_argument("--drain-timeout", type=float, default=server_default["drain_timeout_s"],
                            help="after SIGTERM, how long in-flight requests may take to finish before they are "
                                 "failed and the process exits (a second signal ends the wait)")
-    lifecycle.add_argument("--header-timeout", type=float, default=SERVER_DEFAULTS["header_timeout_s"],
+    lifecycle.add_argument("--header-timeout", type=float, default=server_default["header_timeout_s"],
                            help="a connection that has not sent a request's headers in this time is closed")
-    lifecycle.add_argument("--body-timeout", type=float, default=SERVER_DEFAULTS["body_timeout_s"],
-                           help="a request body that stalls this long gets 408")
-    lifecycle.add_argument("--keep-alive", type=float, default=SERVER_DEFAULTS["keep_alive_s"],
+    lifecycle.add_argument("--body-timeout", type=float, default=server_default["body_timeout_s"],
+                           help="a request body not all there this long after its headers gets 408")
+    lifecycle.add_argument("--keep-alive", type=float, default=server_default["keep_alive_s"],
                            help="an idle keep-alive connection is closed after this long")
     add_optimization_args(serve)
     serve.set_defaults(handler=_serve)
@@ -324,7 +322,7 @@ def _engine(args: argparse.Namespace, **fields):
 def _serve(args: argparse.Namespace) -> int:
     from baton.device import resolve_device, resolve_dtype
     from baton.optim import check_optimizations
-    from baton.server import ServerConfig, create_app
+    from baton.server import create_app
     from baton.server.auth import load_api_keys
     from baton.server.run import bind_socket, serve
 

@@ -16,6 +16,7 @@ import threading
 import time
 import uuid
 from concurrent.futures import Future
+from dataclasses import dataclass
 from typing import Any
 
 from baton.config import EngineConfig
@@ -31,6 +32,20 @@ logger = logging.getLogger(__name__)
 
 _SEED_RANGE = 2**31  # drawn seeds stay small enough to type back in
 DEAD_SHUTDOWN_TIMEOUT_S = 10.0
+
+
+@dataclass(frozen=True, slots=True)
+class EngineHealth:
+    """What the watchdog reads (:meth:`Engine.health`)."""
+
+    pending: int
+    """Requests admitted and not settled."""
+    stalled_s: float
+    """How long the engine has been stuck: the age of the longest piece of work still running (a denoising step,
+    a batch; also one left running for a request that timed out), or, while requests wait, the time since any
+    worker last finished anything. 0 when idle or moving."""
+    dead: bool
+    """A worker died: the engine serves nothing more."""
 
 
 class Engine:
@@ -58,6 +73,7 @@ class Engine:
         self._inflight: dict[str, Job] = {}
         self._closed = False
         self._shut_down = False
+        self._shut_down_done = threading.Event()
         self._dead: BaseException | None = None
         self._abort = threading.Event()
         self._queued_pixel_steps = 0
@@ -141,6 +157,7 @@ class Engine:
             warnings=self.prompt_warnings(request),
         )
         work = pixel_steps(request)
+        abandoned = self._executor.abandoned_pixel_steps()  # still on the denoiser, though nobody waits for it
         with self._lock:
             if self._closed:
                 raise EngineClosedError("the engine is closed")
@@ -148,11 +165,11 @@ class Engine:
                 raise QueueFullError(
                     f"the engine holds {len(self._inflight)} requests, its limit (`max_queue`); retry later"
                 )
-            if self._inflight and self._queued_pixel_steps + work > self.max_queued_pixel_steps:
+            held = self._queued_pixel_steps + abandoned
+            if held and held + work > self.max_queued_pixel_steps:
                 raise QueueFullError(
-                    f"the engine holds {self._queued_pixel_steps:.3g} pixel-steps of work and this request adds "
-                    f"{work:.3g}; the limit is {self.max_queued_pixel_steps:.3g} (`max_queued_pixel_steps`); "
-                    "retry later"
+                    f"the engine holds {held:.3g} pixel-steps of work and this request adds {work:.3g}; the limit "
+                    f"is {self.max_queued_pixel_steps:.3g} (`max_queued_pixel_steps`); retry later"
                 )
             if not self._inflight:
                 self._busy_since = time.monotonic()  # the watchdog's clock starts when work arrives
@@ -237,14 +254,18 @@ class Engine:
     def dead(self) -> bool:
         return self._dead is not None
 
-    def health(self) -> dict[str, Any]:
-        """The watchdog's reading (cheap; safe from any thread): requests pending, and ``stalled_s``, for how long
-        no worker has finished any work (a denoising step, a batch) while requests wait; 0 when idle."""
+    def health(self) -> EngineHealth:
+        """The watchdog's reading (cheap; safe from any thread)."""
+        now = time.monotonic()
         with self._lock:
             pending = len(self._inflight)
             busy_since = self._busy_since
-        stalled = 0.0 if pending == 0 else time.monotonic() - max(busy_since, self._executor.progressed_at())
-        return {"pending": pending, "stalled_s": max(0.0, stalled), "dead": self.dead}
+        clocks = self._executor.clocks
+        # a piece of work that does not end, whether or not anyone still waits for it (a timed-out request's step)
+        stalled = max((now - clock.started_at for clock in clocks if clock.started_at is not None), default=0.0)
+        if pending:  # and requests that wait while no worker finishes anything
+            stalled = max(stalled, now - max(busy_since, *(clock.finished_at for clock in clocks)))
+        return EngineHealth(pending=pending, stalled_s=max(0.0, stalled), dead=self.dead)
 
     def stats(self) -> dict[str, Any]:
         """What is in flight now, per stage (cheap; safe from any thread): for metrics and dashboards."""
@@ -287,11 +308,24 @@ class Engine:
             drain: finish the requests already admitted (``True``), or fail them with
                 :class:`~baton.EngineClosedError` at their next step boundary (``False``).
             timeout: seconds to wait for the workers; requests still unfinished then are failed.
+
+        A second call while the first is still closing waits for it (at most ``timeout``), with its promise: a
+        caller never returns from ``close`` to find requests still pending.
         """
         with self._lock:
-            if self._shut_down:
-                return
+            first = not self._shut_down
             self._closed = self._shut_down = True
+        if not first:
+            if not drain:
+                self._abort.set()  # the first may be draining: stop at the next step boundary instead
+            self._shut_down_done.wait(timeout)
+            return
+        try:
+            self._shut_down_now(drain, timeout)
+        finally:
+            self._shut_down_done.set()
+
+    def _shut_down_now(self, drain: bool, timeout: float | None) -> None:
         if not drain or self._dead is not None:
             self._abort.set()
         if self._dead is not None and timeout is None:

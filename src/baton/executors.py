@@ -15,8 +15,10 @@ from baton.config import EngineConfig, StageConfig
 from baton.device import Mark, set_thread_cpu_threads
 from baton.errors import EngineClosedError, StageError
 from baton.models.runner import PipelineInterrupted
+from baton.request import pixel_steps
 from baton.stage_names import IMAGE_ENCODE, PIPELINE
 from baton.stages import SENTINEL, DenoiseStage, ImageEncodeStage, Job, Stage, TextEncodeStage, VaeDecodeStage
+from baton.stages.base import WorkClock
 from baton.stages.image_encode import build_result, complete, to_host_pixels
 
 logger = logging.getLogger(__name__)
@@ -35,8 +37,13 @@ class Executor(Protocol):
         """Stop after the requests already enqueued; ``True`` when every worker has exited in time."""
         ...
 
-    def progressed_at(self) -> float:
-        """When a worker last finished a piece of work (``time.monotonic()``), for the watchdog."""
+    @property
+    def clocks(self) -> list[WorkClock]:
+        """Each worker's :class:`WorkClock`, for the watchdog."""
+        ...
+
+    def abandoned_pixel_steps(self) -> int:
+        """Work still running for requests whose callers gave up on them (it ends at the next step boundary)."""
         ...
 
 
@@ -54,6 +61,7 @@ class StagedExecutor:
         decoder = VaeDecodeStage(config.decode, **common)
         fused = config.fused_stages if config.fused_stages is not None else device.type == "cpu"
         self.fused = fused
+        self._all_stages = [encoder, decoder, self.image_stage]  # fused ones run on the denoiser's thread
         if fused:
             self.denoiser = DenoiseStage(config.denoise, encoder=encoder, decoder=decoder, **common)
             decoder.next_stage = self.image_stage  # the encoder hands nothing on: the denoiser called it
@@ -71,8 +79,12 @@ class StagedExecutor:
     def enqueue(self, job: Job) -> bool:
         return self.stages[0].offer(job)
 
-    def progressed_at(self) -> float:
-        return max(stage.progressed_at for stage in self.stages)
+    @property
+    def clocks(self) -> list[WorkClock]:
+        return [stage.clock for stage in (*self._all_stages, self.denoiser)]
+
+    def abandoned_pixel_steps(self) -> int:
+        return self.denoiser.abandoned_pixel_steps()
 
     def shutdown(self, timeout: float | None) -> bool:
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -96,7 +108,8 @@ class StackedExecutor:
         self._on_death = on_death
         self._device = device
         self._cpu_threads = torch.get_num_threads()  # the whole pipeline on one thread, with every core
-        self._progressed_at = time.monotonic()
+        self._clock = WorkClock()
+        self._current: Job | None = None
         self._thread = threading.Thread(target=self._work, name="baton-stacked", daemon=True)
 
     def start(self) -> None:
@@ -106,8 +119,13 @@ class StackedExecutor:
     def queued(self) -> int:
         return self._inbox.qsize()
 
-    def progressed_at(self) -> float:
-        return self._progressed_at
+    @property
+    def clocks(self) -> list[WorkClock]:
+        return [self._clock]
+
+    def abandoned_pixel_steps(self) -> int:
+        job = self._current
+        return pixel_steps(job.request) if job is not None and job.done else 0
 
     def enqueue(self, job: Job) -> bool:
         job.enter(self.name, time.perf_counter())
@@ -133,10 +151,12 @@ class StackedExecutor:
             self._on_death(self.name, exc)
 
     def _run(self, job: Job) -> None:
+        self._current = job
         try:
-            self._run_pipeline(job)
+            with self._clock.working():
+                self._run_pipeline(job)
         finally:
-            self._progressed_at = time.monotonic()
+            self._current = None
 
     def _run_pipeline(self, job: Job) -> None:
         if job.done:
@@ -151,7 +171,7 @@ class StackedExecutor:
             generator = torch.Generator("cpu").manual_seed(job.seed)
 
             def on_step(done: int, total: int, latents: torch.Tensor) -> bool:
-                self._progressed_at = time.monotonic()
+                self._clock.finished_at = self._clock.started_at = time.monotonic()  # a step done, the next begun
                 job.report_progress(done, total)
                 job.report_preview(done, total, latents)
                 return job.done or self._abort.is_set()  # cancelled, timed out or closing: stop stepping

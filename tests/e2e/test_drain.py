@@ -65,13 +65,13 @@ def test_while_draining_the_listener_answers_503_with_retry_after_and_readiness_
         in_flight = pool.submit(httpx.post, f"{url}/v1/generate", json=SLOW, timeout=60)
         wait_for(lambda: admitted(url), 10, "the request was not admitted")
         server.process.send_signal(signal.SIGTERM)
-        time.sleep(0.3)  # Python runs the handler on the server's main thread, when its loop next wakes
-        # new connections are still accepted, and told to come back later
-        refused = httpx.post(f"{url}/v1/generate", json=FAST, timeout=10)
+        # Python runs the handler on the server's main thread when its loop next wakes; new connections are still
+        # accepted all along
+        wait_for(lambda: httpx.get(f"{url}/readyz", timeout=10).status_code == 503, 10, "/readyz stayed 200")
+        assert httpx.get(f"{url}/readyz", timeout=10).json()["status"] == "draining"
+        refused = httpx.post(f"{url}/v1/generate", json=FAST, timeout=10)  # told to come back later, elsewhere
         assert refused.status_code == 503 and int(refused.headers["Retry-After"]) > 0
-        assert refused.json()["error"]["code"] == "not_ready"
-        readiness = httpx.get(f"{url}/readyz", timeout=10)
-        assert readiness.status_code == 503 and readiness.json()["status"] == "draining"
+        assert refused.json()["error"]["code"] == "not_ready" and refused.headers["connection"] == "close"
         assert server.process.poll() is None  # still draining: the request in flight holds it
         assert in_flight.result().status_code == 200
         exits_within(server.process, 20)

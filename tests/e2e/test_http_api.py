@@ -99,7 +99,8 @@ def test_bad_input_gets_the_openai_error_shape_naming_the_field(server, path, bo
 
 
 def test_other_client_errors(server):
-    assert httpx.post(f"{server}/v1/generate", content=b"{not json", timeout=10).status_code == 400
+    assert httpx.post(f"{server}/v1/generate", content=b"{not json", timeout=10,
+                      headers={"Content-Type": "application/json"}).status_code == 400
     too_big = httpx.post(f"{server}/v1/generate", json={"prompt": "x" * 5000}, timeout=10)
     assert too_big.status_code == 413 and too_big.json()["error"]["code"] == "body_too_large"
     def chunks():  # no Content-Length: the limit must hold as the body arrives
@@ -188,6 +189,25 @@ def test_not_ready_until_the_engine_is_loaded():
                 break
             threading.Event().wait(0.05)
         assert httpx.post(f"{url}/v1/generate", json={"prompt": "x", **FAST}, timeout=60).status_code == 200
+
+
+def test_a_shutdown_while_loading_does_not_wait_for_the_models():
+    release, built = threading.Event(), []
+
+    def slow_engine(config: EngineConfig) -> Engine:
+        release.wait(60)  # a load (or compile warm-up) that takes minutes
+        built.append(Engine(config))
+        return built[-1]
+
+    started = time.monotonic()
+    with running_server(wait_ready=False, engine_factory=slow_engine) as url:
+        assert httpx.get(f"{url}/readyz").json() == {"status": "loading"}
+    assert time.monotonic() - started < 30  # the server stopped without the engine
+    release.set()  # the load ends after the shutdown: the engine it made closes itself
+    deadline = time.monotonic() + 60
+    while not (built and built[0].closed):
+        assert time.monotonic() < deadline, "the late engine was never closed"
+        time.sleep(0.05)
 
 
 def test_a_model_that_fails_to_load_keeps_readiness_red():

@@ -14,6 +14,7 @@ import pytest
 from baton.config import EngineConfig
 from baton.server import ServerConfig
 from tests.e2e.conftest import running_server
+from tests.e2e.test_streaming_and_metrics import metric
 
 TIMEOUT_S = 1.0
 SLACK_S = 1.5  # timers fire on the server's loop; a busy 2-core machine delays them a little
@@ -79,13 +80,38 @@ def test_a_stalled_body_gets_408_and_the_connection_closes(url):
     assert head.startswith(b"HTTP/1.1 408 "), received
     assert b"connection: close" in head.lower()
     assert json.loads(body)["error"] == {
-        "message": "the request body stalled: no part of it arrived for 1 s", "type": "invalid_request_error",
+        "message": "the request body did not arrive within 1 s", "type": "invalid_request_error",
         "param": None, "code": "body_timeout"}
     assert took <= TIMEOUT_S + SLACK_S
+    assert metric(url, "baton_requests_total", endpoint="/v1/generate", status="408") >= 1
 
 
-def test_an_idle_keep_alive_connection_is_closed_after_keep_alive(url):
+def test_a_body_trickled_a_byte_at_a_time_gets_408_too(url):
+    # each byte well within the deadline of the one before: only a whole-body deadline ends this
+    start = time.monotonic()
     with connect(url) as sock:
+        sock.sendall(b"POST /v1/generate HTTP/1.1\r\nHost: baton\r\nContent-Type: application/json\r\n"
+                     b"Content-Length: 100\r\n\r\n")
+        sock.settimeout(0.3)
+        received = b""
+        for _ in range(100):
+            try:
+                sock.send(b" ")
+                received += sock.recv(65536)
+            except TimeoutError:
+                pass
+            except (BrokenPipeError, ConnectionResetError):
+                break
+            if received or time.monotonic() - start > TIMEOUT_S + SLACK_S:
+                break
+    assert received.startswith(b"HTTP/1.1 408 "), received
+    assert time.monotonic() - start <= TIMEOUT_S + SLACK_S
+
+
+def test_an_idle_keep_alive_connection_is_closed_after_keep_alive():
+    # a header deadline far longer than the keep-alive limit: only the latter can close this idle connection
+    config = ServerConfig(header_timeout_s=30, keep_alive_s=TIMEOUT_S)
+    with running_server(EngineConfig(models=("shapes",), device="cpu"), config) as url, connect(url) as sock:
         sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: baton\r\n\r\n")
         sock.settimeout(10)
         response = b""

@@ -83,6 +83,8 @@ def test_the_media_type_and_an_empty_body(server):
     assert text.status_code == 415
     empty = httpx.post(f"{server}/v1/generate", content=b"", headers={"Content-Type": "application/json"})
     assert empty.status_code == 400 and "empty" in empty.json()["error"]["message"]
+    unnamed = httpx.post(f"{server}/v1/generate", content=b'{"prompt": "x"}')  # JSON, but no Content-Type
+    assert unnamed.status_code == 415 and "none was sent" in unnamed.json()["error"]["message"]
 
 
 def test_image_urls_never_come_from_request_headers(server):
@@ -129,6 +131,8 @@ def test_a_long_prompt_is_reported_not_silently_cut(server):
         "`prompt` has 180 tokens; the text encoder read the first 75 and ignored the rest"]
     assert response.headers["x-baton-warnings"] == (
         "prompt has 180 tokens; the text encoder read the first 75 and ignored the rest")
+    stream = httpx.post(f"{server}/v1/generate", json={"prompt": words, "stream": True, **FAST}, timeout=60)
+    assert "x-baton-warnings" in stream.headers and '"warnings": ["`prompt` has 180 tokens' in stream.text
     openai = httpx.post(f"{server}/v1/images/generations", json={"prompt": words, "size": "64x64"}, timeout=60)
     assert openai.json()["warnings"] and "x-baton-warnings" in openai.headers
     short = httpx.post(f"{server}/v1/generate", json={"prompt": "red", **FAST}, timeout=60)

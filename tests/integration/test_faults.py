@@ -1,5 +1,6 @@
 """Faults and shutdown: a broken batch fails alone, close() never leaves a future pending."""
 
+import threading
 import time
 from concurrent.futures import CancelledError, wait
 
@@ -7,6 +8,7 @@ import pytest
 
 from baton import Engine, EngineClosedError, EngineDeadError, QueueFullError, StageError
 from baton.config import DenoiseConfig
+from baton.engine import EngineHealth
 from tests.conftest import batching_engine
 
 
@@ -82,6 +84,18 @@ def test_a_cancelled_future_is_dropped_and_frees_the_denoiser(sd15_engine):
     assert time.perf_counter() - started < 30
 
 
+def test_a_second_close_waits_for_the_first():
+    engine = Engine(models="tiny-sd15", device="cpu")
+    future = engine.submit(**_slow(steps=40))
+    closing = threading.Thread(target=engine.close)  # drains: the request runs to its end
+    closing.start()
+    while not engine.closed:
+        time.sleep(0.001)
+    engine.close()  # returns only once the first has finished, with nothing pending
+    assert future.done() and engine.pending == 0
+    closing.join(60)
+
+
 def test_admission_is_bounded():
     with Engine(models="tiny-sd15", device="cpu", max_queue=2) as engine:
         held = [engine.submit(**_slow(steps=20, seed=i)) for i in range(2)]
@@ -112,7 +126,7 @@ def test_a_dead_worker_fails_everything_and_refuses_new_work():
 
 def test_work_is_bounded_in_pixel_steps_and_an_empty_engine_takes_any_request():
     with Engine(models="tiny-sd15", device="cpu", max_queued_pixel_steps=64 * 64 * 20) as engine:
-        assert engine.health() == {"pending": 0, "stalled_s": 0.0, "dead": False}
+        assert engine.health() == EngineHealth(pending=0, stalled_s=0.0, dead=False)
         big = engine.submit(prompt="big", width=128, height=128, steps=20)  # 4x the limit, into an empty engine
         with pytest.raises(QueueFullError, match="max_queued_pixel_steps"):
             engine.submit(prompt="small", width=64, height=64, steps=1)

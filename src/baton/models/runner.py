@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import logging
+import threading
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -132,6 +133,8 @@ class ModelRunner(ABC):
         default for it, twice its native side."""
         self.example_prompt: str | None = None
         """A prompt the model draws well (``baton.json``), for playgrounds and examples."""
+        self._counting_tokenizer = None
+        self._counting_lock = threading.Lock()
         self.device = device
         self.dtype = dtype
         self.schedulers = SchedulerFactory(pipeline.scheduler, self.scheduler_config_fixes, device)
@@ -354,10 +357,15 @@ class ModelRunner(ABC):
         return pipe
 
     def prompt_tokens(self, text: str) -> tuple[int, int]:
-        """(tokens in ``text``, tokens the text encoder reads): the encoder cuts the rest off."""
-        tokenizer = self.pipeline.tokenizer
-        special = tokenizer.num_special_tokens_to_add()  # CLIP's start and end tokens take two of its 77
-        return len(tokenizer(text, add_special_tokens=False).input_ids), tokenizer.model_max_length - special
+        """(tokens in ``text``, tokens the text encoder reads): the encoder cuts the rest off. Safe from any thread:
+        it counts with a copy of the tokenizer (a fast tokenizer changes its own settings on each call, so the
+        encoding stage's must not be shared)."""
+        with self._counting_lock:
+            if self._counting_tokenizer is None:
+                self._counting_tokenizer = copy.deepcopy(self.pipeline.tokenizer)
+            tokenizer = self._counting_tokenizer
+            special = tokenizer.num_special_tokens_to_add()  # CLIP's start and end tokens take two of its 77
+            return len(tokenizer(text, add_special_tokens=False).input_ids), tokenizer.model_max_length - special
 
     def describe(self) -> dict[str, Any]:
         parameters = {

@@ -7,72 +7,75 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import threading
 from collections.abc import AsyncIterator, Callable
-from pathlib import Path
 
 from fastapi import Depends, FastAPI
+from fastapi.openapi.utils import get_openapi
 from fastapi.responses import FileResponse, JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from baton.config import EngineConfig
 from baton.engine import Engine
 from baton.server.auth import require_api_key
+from baton.server.connections import BodyTimeout
 from baton.server.docs import install_docs
 from baton.server.errors import ApiError, error_response, install_error_handlers
 from baton.server.images import ImageStore
 from baton.server.metrics import ServerMetrics
+from baton.server.native_api import router as native_router
+from baton.server.openai_api import images_router
+from baton.server.openai_api import router as openai_router
 from baton.server.schema import with_engine_limits
-from baton.server.state import ServerConfig, ServerState
+from baton.server.state import STATIC_DIR, ServerConfig, ServerState
 
 logger = logging.getLogger(__name__)
-
-STATIC_DIR = Path(__file__).parent / "static"
 
 
 def create_app(engine_config: EngineConfig, config: ServerConfig | None = None,
                engine_factory: Callable[[EngineConfig], Engine] = Engine) -> FastAPI:
     """The app; the engine is built from ``engine_config`` in the background once the app starts."""
-    from baton.server.native_api import router as native_router
-    from baton.server.openai_api import images_router
-    from baton.server.openai_api import router as openai_router
-
     config = config or ServerConfig()
     metrics = ServerMetrics(lambda: state.engine)  # read at scrape time, when `state` exists
     state = ServerState(config, ImageStore(config.image_ttl_s, config.image_store_bytes), metrics)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        loading = asyncio.create_task(asyncio.to_thread(_load, state, engine_config, engine_factory))
+        # a daemon thread, never awaited: a shutdown while the models load (minutes, with compile warm-up) must not
+        # wait for them; an engine that appears after the shutdown began closes itself (_load)
+        threading.Thread(target=_load, args=(state, engine_config, engine_factory), name="baton-load",
+                         daemon=True).start()
         try:
             yield
         finally:
             state.start_draining()
-            await loading
             if state.engine is not None:  # finish what it admitted, for at most the drain timeout; fail the rest
                 await asyncio.to_thread(state.engine.close, True, config.drain_timeout_s)
 
     app = FastAPI(title="baton", version=_version(), lifespan=lifespan, docs_url=None, redoc_url=None,
                   description="Text-to-image serving: an OpenAI-compatible images API and baton's native API.")
     install_docs(app)  # /docs and /redoc with local assets (FastAPI's load from a CDN), the favicon
-    plain_openapi = app.openapi
 
     def openapi() -> dict:
-        """FastAPI's schema with the engine's limits on the request fields (``schema.with_engine_limits``)."""
-        if app.openapi_schema is None:
-            engine = state.engine
-            if engine is None:  # the models' sizes are not known yet: build it again once they are
-                schema = with_engine_limits(plain_openapi(), engine_config.limits, engine_config.limits.max_size)
-                app.openapi_schema = None
-                return schema
-            samplers = {name for runner in engine.runners.values() for name in runner.schedulers.names}
-            return with_engine_limits(plain_openapi(), engine_config.limits, max(engine.max_sizes.values()),
-                                      {"model": list(engine.runners), "scheduler": sorted(samplers)})
+        """The schema with the engine's limits on the request fields (``schema.with_engine_limits``); kept once
+        the models are loaded, when every limit is known."""
+        if app.openapi_schema is not None:
+            return app.openapi_schema
+        schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
+        engine = state.engine
+        if engine is None:
+            return with_engine_limits(schema, engine_config.limits, engine_config.limits.max_size)
+        samplers = {name for runner in engine.runners.values() for name in runner.schedulers.names}
+        app.openapi_schema = with_engine_limits(schema, engine_config.limits, max(engine.max_sizes.values()),
+                                                {"model": list(engine.runners), "scheduler": sorted(samplers)})
         return app.openapi_schema
 
     app.openapi = openapi
     app.state.baton = state
     install_error_handlers(app)
 
+    # the last added is the outermost: the counting sees every answer, the body deadline's 408 included
+    app.add_middleware(BodyTimeout, timeout_s=config.body_timeout_s)
     app.add_middleware(_BodyLimitAndCount, state=state)
 
     @app.api_route("/", methods=["GET", "HEAD"], include_in_schema=False)
@@ -122,8 +125,9 @@ def _stuck_reason(state: ServerState) -> str | None:
     stalled = state.stuck_for()
     if stalled is None:
         return None
-    return (f"no stage has finished any work for {stalled:.0f} s while {state.engine.pending} request(s) wait "
-            f"(the limit, `stuck_after_s`, is {state.config.stuck_after_s:g} s)")
+    return (f"the engine has finished no work (a denoising step, a batch) for {stalled:.0f} s, with "
+            f"{state.engine.pending} request(s) waiting (the limit, `stuck_after_s`, is "
+            f"{state.config.stuck_after_s:g} s)")
 
 
 class _BodyLimitAndCount:
@@ -187,11 +191,16 @@ class _BodyLimitAndCount:
 
 def _load(state: ServerState, engine_config: EngineConfig, factory: Callable[[EngineConfig], Engine]) -> None:
     try:
-        state.engine = factory(engine_config)
-        logger.info("ready: %s loaded and warmed", ", ".join(state.engine.runners))
+        engine = factory(engine_config)
     except BaseException as exc:
         state.load_error = exc
         logger.exception("the engine failed to load")
+        return
+    state.engine = engine
+    if state.draining:  # the shutdown began while loading; it may not have seen this engine
+        engine.close(drain=False)
+        return
+    logger.info("ready: %s loaded and warmed", ", ".join(engine.runners))
 
 
 def _version() -> str:

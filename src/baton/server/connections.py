@@ -1,5 +1,5 @@
 """Deadlines that keep a slow or stalled client from holding a connection: one for a request's headers, one for
-each chunk of its body. (Idle keep-alive connections are closed by uvicorn's ``timeout_keep_alive``.)
+its whole body. (Idle keep-alive connections are closed by uvicorn's ``timeout_keep_alive``.)
 
 Each open connection costs a file descriptor and some memory, and uvicorn serves a bounded number of them; a few
 hundred clients that send a byte every few seconds (slowloris) would otherwise keep the server from anyone else.
@@ -70,20 +70,17 @@ class HeaderTimeoutProtocol(H11Protocol):
 
 
 class BodyTimeout:
-    """ASGI middleware: a request body whose next chunk takes longer than ``timeout_s`` to arrive is answered 408
-    (``code: body_timeout``, ``Connection: close``).
+    """ASGI middleware: a request body that has not all arrived ``timeout_s`` after the app first asked for it is
+    answered 408 (``code: body_timeout``, ``Connection: close``). A whole-body deadline, not one per chunk: a
+    client sending a byte now and then would otherwise hold the connection for as long as it likes.
 
     The app is told the client left (``http.disconnect``), as a client that really left would tell it, and what
     it answers to that is dropped for the 408. The deadline runs only while the body is incomplete: afterwards
-    the app's ``receive`` waits for a disconnect for as long as a response streams, which is no stall.
-    Attributes other than the ASGI call are the wrapped app's (``server.config.app.state`` still works)."""
+    the app's ``receive`` waits for a disconnect for as long as a response streams, which is no stall."""
 
     def __init__(self, app, timeout_s: float) -> None:
         self.app = app
         self.timeout_s = timeout_s
-
-    def __getattr__(self, name: str):
-        return getattr(self.app, name)
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] != "http":
@@ -92,15 +89,19 @@ class BodyTimeout:
         body_done = False
         timed_out = False
         response_started = False
+        loop = asyncio.get_running_loop()
+        deadline: float | None = None
 
         async def timed_receive():
-            nonlocal body_done, timed_out
+            nonlocal body_done, timed_out, deadline
             if body_done:
                 return await receive()
             if timed_out:
                 return {"type": "http.disconnect"}
+            if deadline is None:
+                deadline = loop.time() + self.timeout_s
             try:
-                message = await asyncio.wait_for(receive(), self.timeout_s)
+                message = await asyncio.wait_for(receive(), max(0.0, deadline - loop.time()))
             except TimeoutError:
                 timed_out = True
                 return {"type": "http.disconnect"}
@@ -122,6 +123,6 @@ class BodyTimeout:
             if not timed_out or response_started:
                 raise
         if timed_out and not response_started:
-            error = ApiError(408, f"the request body stalled: no part of it arrived for {self.timeout_s:g} s",
+            error = ApiError(408, f"the request body did not arrive within {self.timeout_s:g} s",
                              code="body_timeout", headers={"Connection": "close"})
             await error_response(error)(scope, receive, send)

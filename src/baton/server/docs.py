@@ -9,14 +9,13 @@ the pages hold no data, and the schema at ``openapi_url`` is public as FastAPI s
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from fastapi import FastAPI, Request
 from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html, get_swagger_ui_oauth2_redirect_html
 from fastapi.responses import FileResponse, HTMLResponse
 from fastapi.staticfiles import StaticFiles
 
-STATIC_DIR = Path(__file__).parent / "static"
+from baton.server.state import STATIC_DIR
+
 DOCS_URL = "/docs"
 REDOC_URL = "/redoc"
 ASSETS_URL = "/docs-assets"

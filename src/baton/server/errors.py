@@ -23,6 +23,9 @@ from baton.errors import (
 )
 
 RETRY_AFTER_S = 1
+"""Seconds a client should wait after a full queue (429)."""
+RETRY_AFTER_UNAVAILABLE_S = 5
+"""Seconds a client should wait after a 503 (loading, draining, a closed engine)."""
 
 
 class ApiError(Exception):
@@ -35,9 +38,13 @@ class ApiError(Exception):
         self.headers = headers or {}
 
 
+def error_body(error: ApiError) -> dict:
+    """The JSON of an error answer: OpenAI's shape."""
+    return {"error": {"message": error.message, "type": error.type, "param": error.param, "code": error.code}}
+
+
 def error_response(error: ApiError) -> JSONResponse:
-    body = {"error": {"message": error.message, "type": error.type, "param": error.param, "code": error.code}}
-    return JSONResponse(body, status_code=error.status, headers=error.headers)
+    return JSONResponse(error_body(error), status_code=error.status, headers=error.headers)
 
 
 def install_error_handlers(app: FastAPI) -> None:
@@ -66,12 +73,13 @@ def _body_error(request: Request, exc: RequestValidationError) -> ApiError:
     first = errors[0] if errors else {}
     location = [part for part in first.get("loc", ()) if part != "body"]
     if request.method in ("POST", "PUT", "PATCH") and first.get("loc", ("",))[0] == "body":
-        media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
-        if media_type and media_type != "application/json" and not media_type.endswith("+json"):
-            return ApiError(415, f"the body must be JSON (`Content-Type: application/json`), got {media_type!r}",
-                            code="unsupported_media_type")
         if first.get("type") == "missing" and not location:
             return ApiError(400, "the request body is empty; send a JSON object", code="empty_body")
+        media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        if media_type != "application/json" and not media_type.endswith("+json"):
+            given = f"got {media_type!r}" if media_type else "none was sent"
+            return ApiError(415, f"the body must be JSON: send `Content-Type: application/json` ({given})",
+                            code="unsupported_media_type")
     if first.get("type") == "json_invalid":
         position = location[0] if location and isinstance(location[0], int) else 0
         text = exc.body if isinstance(exc.body, str) else ""
@@ -110,7 +118,8 @@ def from_engine_error(exc: BaseException, params: Mapping[str, tuple[str, str | 
         return ApiError(504, "the request did not finish within its timeout; its remaining work was dropped",
                         type_="timeout_error", code="timeout", headers=no_retry)
     if isinstance(exc, (EngineClosedError, EngineDeadError)):
-        return ApiError(503, str(exc), type_="server_error", code="unavailable", headers={"Retry-After": "5"})
+        return ApiError(503, str(exc), type_="server_error", code="unavailable",
+                        headers={"Retry-After": str(RETRY_AFTER_UNAVAILABLE_S)})
     if isinstance(exc, StageError):
         return ApiError(500, str(exc), type_="server_error", code="stage_failed", headers=no_retry)
     return ApiError(500, f"{type(exc).__name__}: {exc}", type_="server_error", code="internal", headers=no_retry)

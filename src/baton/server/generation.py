@@ -27,9 +27,10 @@ Params = Mapping[str, tuple[str, str | None]]
 
 
 def admit(state: ServerState, request: GenerationRequest, params: Params | None = None,
-          **callbacks) -> tuple[Future, list[str]]:
+          **callbacks) -> tuple[Future, GenerationRequest]:
     """Check and submit ``request`` (400/404 for bad input, 429 when full, 503 when not serving); returns its
-    future and its warnings. ``params``: what the endpoint's clients call the engine's fields, for errors."""
+    future and the request as resolved (the model's defaults filled in). ``params``: what the endpoint's clients
+    call the engine's fields, for errors."""
     engine = state.ready_engine()
     try:
         request = engine.resolve(request)  # the engine's own checks, naming the field
@@ -37,7 +38,7 @@ def admit(state: ServerState, request: GenerationRequest, params: Params | None 
         raise from_engine_error(exc, params) from None
     _check_http_limits(state, request, params or {})
     try:
-        return engine.submit(request, **callbacks), engine.prompt_warnings(request)
+        return engine.submit(request, **callbacks), request
     except BatonError as exc:  # a full queue, a closed or dead engine
         raise from_engine_error(exc, params) from None
 

@@ -113,7 +113,7 @@ class _EngineCollector(Collector):
         yield work
         stalled = GaugeMetricFamily("baton_stalled_seconds", "Seconds since any stage finished work (a denoising "
                                     "step, a batch) while requests wait; 0 when idle (the watchdog's reading)")
-        stalled.add_metric([], engine.health()["stalled_s"])
+        stalled.add_metric([], engine.health().stalled_s)
         yield stalled
         depth = GaugeMetricFamily("baton_queue_depth", "Requests waiting in each stage's queue", labels=["stage"])
         for stage, queued in stats["queued"].items():

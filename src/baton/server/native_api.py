@@ -19,7 +19,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from PIL import Image
 
 from baton.request import GenerationRequest, GenerationResult
-from baton.server.errors import from_engine_error
+from baton.server.errors import ApiError, error_body, from_engine_error
 from baton.server.generation import admit, cancel, generate, image_entries, timeout_for, warning_headers
 from baton.server.schema import HTTP_ONLY_FIELDS, GenerateRequest
 from baton.server.state import ServerState, server_state
@@ -76,7 +76,8 @@ def _stream(state: ServerState, body: GenerateRequest, request: GenerationReques
         callbacks.update(preview=lambda done, total, rgb: push("preview", done, total, rgb),
                          preview_every=body.preview_every)
     started = time.perf_counter()
-    future, warnings = admit(state, request, **callbacks)  # bad input and a full queue answer plain JSON errors
+    future, resolved = admit(state, request, **callbacks)  # bad input and a full queue answer plain JSON errors
+    warnings = state.engine.prompt_warnings(resolved)  # the result event carries them too; the header comes first
     future.add_done_callback(lambda _: push("done", 0, 0, None))
 
     async def stream() -> AsyncIterator[str]:
@@ -87,7 +88,7 @@ def _stream(state: ServerState, body: GenerateRequest, request: GenerationReques
             except TimeoutError:
                 if cancel(future):
                     state.metrics.cancelled.labels("timeout").inc()
-                    yield _event("error", _error_body(from_engine_error(TimeoutError())))
+                    yield _event("error", _stream_error(from_engine_error(TimeoutError())))
                     return
                 # it finished just now and its "done" event is on its way: wait for it without a deadline (a zero
                 # timeout would cancel every get() before it ran, and spin)
@@ -102,7 +103,7 @@ def _stream(state: ServerState, body: GenerateRequest, request: GenerationReques
                 try:
                     result = future.result()
                 except Exception as exc:
-                    yield _event("error", _error_body(from_engine_error(exc)))
+                    yield _event("error", _stream_error(from_engine_error(exc)))
                     return
                 state.metrics.observe_result(result)
                 state.metrics.latency.labels("/v1/generate").observe(time.perf_counter() - started)
@@ -136,9 +137,9 @@ def _event(kind: str, data: dict) -> str:
     return f"event: {kind}\ndata: {json.dumps(data)}\n\n"
 
 
-def _error_body(error) -> dict:
-    return {"error": {"message": error.message, "type": error.type, "param": error.param, "code": error.code},
-            "status": error.status}
+def _stream_error(error: ApiError) -> dict:
+    """An ``error`` event's data: the error's JSON, and the status a plain answer would have had."""
+    return {**error_body(error), "status": error.status}
 
 
 def _preview_pngs(rgb: np.ndarray) -> list[str]:

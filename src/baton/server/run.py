@@ -28,7 +28,7 @@ import time
 import uvicorn
 from fastapi import FastAPI
 
-from baton.server.connections import BodyTimeout, HeaderTimeoutProtocol
+from baton.server.connections import HeaderTimeoutProtocol
 from baton.server.state import ServerState
 
 logger = logging.getLogger(__name__)
@@ -129,7 +129,7 @@ def build_server(app: FastAPI, log_level: str = "info", hard_exit: bool = False)
     state: ServerState = app.state.baton
     config = state.config
     uvicorn_config = uvicorn.Config(
-        BodyTimeout(app, config.body_timeout_s),
+        app,  # its body deadline is the app's own middleware (create_app), so the 408s are counted
         log_level=log_level,
         # h11 always (httptools, when installed, would replace it): the header deadline lives in its subclass
         http=functools.partial(HeaderTimeoutProtocol, header_timeout_s=config.header_timeout_s),

@@ -7,12 +7,13 @@ A stage owns one thread, one bounded input queue and (on CUDA) one stream. :clas
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import queue
 import threading
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Iterator
 
 import torch
 
@@ -28,6 +29,26 @@ SENTINEL = None
 """Put on a stage's queue after the last request: the stage finishes what it holds, passes it on, and exits."""
 
 IDLE_POLL_S = 0.5  # how often an idle worker wakes to notice an abort
+
+
+class WorkClock:
+    """When a worker last finished a piece of work (a batch, a denoising step) and since when it has been on the
+    one it is doing, by ``time.monotonic()``: written by the worker, read by the engine's watchdog from any thread.
+    A piece of work that never ends shows here whether or not anyone still waits for its requests."""
+
+    def __init__(self) -> None:
+        self.finished_at = time.monotonic()
+        self.started_at: float | None = None
+        """``None`` while the worker is idle."""
+
+    @contextlib.contextmanager
+    def working(self) -> Iterator[None]:
+        self.started_at = time.monotonic()
+        try:
+            yield
+        finally:
+            self.finished_at = time.monotonic()
+            self.started_at = None
 
 
 class Stage(ABC):
@@ -57,9 +78,7 @@ class Stage(ABC):
         self._on_death = on_death
         self._waiting: list[Waiting[Job]] = []
         self._draining = False
-        self.progressed_at = time.monotonic()
-        """When this stage last finished a piece of work (a batch, a denoising step), by ``time.monotonic()``:
-        the engine's watchdog reads it from other threads."""
+        self.clock = WorkClock()
         self._lookahead = self.lookahead(queue_size)
         self._thread = threading.Thread(target=self._work, name=f"baton-{self.name}", daemon=True)
 
@@ -221,9 +240,8 @@ class BatchStage(Stage):
                 job.records[self.name].batch_images = images
             self._handed_on.clear()
             try:
-                with labelled(f"baton/{self.name}", self._device):
+                with labelled(f"baton/{self.name}", self._device), self.clock.working():
                     self.run_batch(live)
-                self.progressed_at = time.monotonic()
             except Exception as exc:
                 logger.exception("stage %s failed a batch of %d request(s)", self.name, len(live))
                 for job in live:

@@ -27,6 +27,7 @@ from baton.device import copy_to_device, labelled
 from baton.errors import EngineClosedError, StageError
 from baton.models.noise import step_generator
 from baton.models.runner import Conditioning
+from baton.request import pixel_steps
 from baton.scheduling import Running, StepPolicy, Waiting
 from baton.stage_names import DENOISE
 from baton.stages.base import IDLE_POLL_S, BatchStage, Stage, without_entries
@@ -102,6 +103,11 @@ class DenoiseStage(Stage):
     def batch_size(self, job: Job) -> int:
         guided = job.runner.uses_guidance(job.request.guidance_scale)
         return job.request.num_images * (2 if guided else 1)  # denoiser rows
+
+    def abandoned_pixel_steps(self) -> int:
+        """The work of requests cancelled (timed out, their client gone) that still run until the next step
+        boundary (read from any thread): admission counts it, as the denoiser is still busy with it."""
+        return sum(pixel_steps(state.job.request) for state in list(self._running) if state.job.done)
 
     @property
     def running(self) -> int:
@@ -182,7 +188,7 @@ class DenoiseStage(Stage):
     def _forward(self, group: list[DenoiseState]) -> None:
         """One denoiser forward over ``group``, then each request's own scheduler step; hand on the finished."""
         try:
-            with labelled("baton/denoise", self._device):
+            with labelled("baton/denoise", self._device), self.clock.working():
                 self._step(group, self._group_conditioning(group))
         except Exception as exc:
             logger.exception("denoise failed a forward of %d request(s)", len(group))
@@ -190,7 +196,6 @@ class DenoiseStage(Stage):
             for state in group:
                 state.job.fail(StageError(self.name, exc))
             return
-        self.progressed_at = time.monotonic()
         now = time.perf_counter()
         self._key_last_ran[group[0].key] = now
         images = sum(state.job.request.num_images for state in group)
