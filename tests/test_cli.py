@@ -89,7 +89,7 @@ def test_max_size_raises_a_models_limit_for_generate(tmp_path, capsys):
 @pytest.mark.parametrize("flags, message", [
     (["--max-size", "other=128"], "`--max-size` names 'other', which is not loaded here (models: shapes)"),
     (["--max-size", "128", "--max-size", "256"], "`--max-size` for every model is given 2 times"),
-    (["--max-size", "shapes=32"], "`model_max_size` must pair a model name with a size >= 64"),
+    (["--max-size", "shapes=32"], "`--max-size` must pair a model name with a size >= 64"),
 ])
 def test_max_size_mistakes_are_refused(flags, message, capsys):
     assert main(["serve", "--port", "0", *flags]) == 2
@@ -98,12 +98,13 @@ def test_max_size_mistakes_are_refused(flags, message, capsys):
 
 
 @pytest.mark.parametrize("flags, message", [
-    (["--device", "cpu", "--dtype", "float16"], "`dtype` 'float16' is not supported on the CPU"),
-    (["--device", "cpu", "--offload", "model"], "`offload` 'model' moves models off a GPU and needs a CUDA device"),
+    (["--device", "cpu", "--dtype", "float16"], "`--dtype` 'float16' is not supported on the CPU"),
+    (["--device", "cpu", "--offload", "model"], "`--offload` 'model' moves models off a GPU and needs a CUDA device"),
     (["--api-key-file", "{tmp}/missing"], "`--api-key-file` '{tmp}/missing' does not exist"),
     (["--api-key-file", "{tmp}/empty"], "`--api-key-file` '{tmp}/empty' holds no keys"),
-    (["--drain-timeout", "0"], "`drain_timeout_s` must be > 0, got 0.0"),
-    (["--public-url", "images.example.com"], "`public_url` must start with http:// or https://"),
+    (["--drain-timeout", "0"], "`--drain-timeout` must be > 0, got 0.0"),
+    (["--public-url", "images.example.com"], "`--public-url` must start with http:// or https://"),
+    (["--max-queue", "0"], "`--max-queue` must be >= 1, got 0"),
 ])
 def test_serve_refuses_what_it_cannot_run_in_one_line_before_listening(flags, message, tmp_path, capsys):
     (tmp_path / "empty").write_text("# no keys yet\n")

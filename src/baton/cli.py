@@ -44,11 +44,28 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.handler(args)
     except (BatonError, ValueError, OSError) as exc:  # ModelLoadError is a ValueError
-        _error(f"baton {args.command}", str(exc))
+        _error(f"baton {args.command}", _with_flag_names(str(exc)))
         return 2
     except KeyboardInterrupt:
         _error(f"baton {args.command}", "interrupted")
         return 130
+
+
+_FLAG_OF_FIELD = {
+    "request_timeout_s": "--request-timeout", "max_prompt_chars": "--max-prompt-chars",
+    "max_body_bytes": "--max-body-bytes", "max_pixels_per_request": "--max-pixels", "openai_steps": "--openai-steps",
+    "public_url": "--public-url", "stuck_after_s": "--stuck-after", "drain_timeout_s": "--drain-timeout",
+    "header_timeout_s": "--header-timeout", "body_timeout_s": "--body-timeout", "keep_alive_s": "--keep-alive",
+    "max_queue": "--max-queue", "max_queued_pixel_steps": "--max-queued-pixel-steps", "max_size": "--max-size",
+    "model_max_size": "--max-size", "dtype": "--dtype", "device": "--device", "offload": "--offload",
+}
+"""Settings whose errors (raised by the config classes, in their field names) a user knows by their flags."""
+
+
+def _with_flag_names(message: str) -> str:
+    for field, flag in _FLAG_OF_FIELD.items():
+        message = message.replace(f"`{field}`", f"`{flag}`")
+    return message
 
 
 def _error(prog: str, message: str) -> None:
