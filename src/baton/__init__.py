@@ -6,8 +6,9 @@ quick and torch/diffusers are imported only when something needs them.
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from baton._lazy import lazy_getattr
 
 __version__ = "0.1.0"
 
@@ -60,10 +61,4 @@ if TYPE_CHECKING:
     from baton.request import GenerationRequest, GenerationResult, StageTiming
 
 
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'baton' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_getattr(__name__, _EXPORTS, globals())

@@ -6,8 +6,9 @@ torch (``baton --help`` answers in a fraction of a second)."""
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from baton._lazy import lazy_getattr
 
 _EXPORTS = {
     "apply_optimizations": "baton.optim.apply",
@@ -24,10 +25,4 @@ if TYPE_CHECKING:
     from baton.optim.presets import LOSSLESS_PRESETS, PRESETS, preset_config
 
 
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'baton.optim' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_getattr(__name__, _EXPORTS, globals())

@@ -5,8 +5,9 @@ brings in the engine, torch and FastAPI."""
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from baton._lazy import lazy_getattr
 
 _EXPORTS = {"ServerConfig": "baton.server.settings", "create_app": "baton.server.app"}
 
@@ -17,10 +18,4 @@ if TYPE_CHECKING:
     from baton.server.settings import ServerConfig
 
 
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'baton.server' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_getattr(__name__, _EXPORTS, globals())
