@@ -135,14 +135,15 @@ def test_serve_help_shows_the_defaults(capsys):
 
 
 def test_the_serve_defaults_are_the_server_configs():
-    from baton.cli import _parser
+    from baton.cli import _SERVER_FLAGS, _parser
     from baton.server import ServerConfig
 
     args, config = _parser().parse_args(["serve"]), ServerConfig()
-    for flag, field in (("request_timeout", "request_timeout_s"), ("stuck_after", "stuck_after_s"),
-                        ("drain_timeout", "drain_timeout_s"), ("keep_alive", "keep_alive_s"),
-                        ("max_pixels", "max_pixels_per_request"), ("openai_steps", "openai_steps")):
-        assert getattr(args, flag) == getattr(config, field), flag
+    fields = [field for flags in _SERVER_FLAGS.values() for _, field, _, _ in flags]
+    assert {"request_timeout_s", "stuck_after_s", "drain_timeout_s", "keep_alive_s", "max_pixels_per_request",
+            "openai_steps"} <= set(fields)
+    for field in fields:
+        assert getattr(args, field) == getattr(config, field), field
 
 
 def test_help_and_models_print_nothing_on_stderr_and_help_needs_no_torch():

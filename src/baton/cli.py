@@ -51,11 +51,39 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
+_SERVER_FLAGS: dict[str, tuple[tuple[str, str, type | None, str], ...]] = {
+    "limits": (
+        ("--request-timeout", "request_timeout_s", float, "seconds before a request gets 504"),
+        ("--max-prompt-chars", "max_prompt_chars", int, "longest prompt or negative prompt"),
+        ("--max-body-bytes", "max_body_bytes", int, "largest request body (413 beyond)"),
+        ("--max-pixels", "max_pixels_per_request", int, "most images x width x height per request"),
+        ("--openai-steps", "openai_steps", int,
+         "denoising steps of /v1/images/generations requests (OpenAI's API has no such field)"),
+    ),
+    "image URLs": (
+        ("--public-url", "public_url", str,
+         "base URL clients reach this server at, for image URLs (default: relative URLs)"),
+        ("--capability-urls", "capability_urls", None,
+         "image URLs work without the API key (192 random bits each, for <img> tags)"),
+    ),
+    "health, shutdown and slow clients (seconds)": (
+        ("--stuck-after", "stuck_after_s", float,
+         "/readyz turns 503 when one step runs this long, or requests wait this long without progress"),
+        ("--drain-timeout", "drain_timeout_s", float,
+         "after SIGTERM, how long in-flight requests may take to finish before they are failed and the process "
+         "exits (a second signal ends the wait)"),
+        ("--header-timeout", "header_timeout_s", float,
+         "a connection that has not sent a request's headers in this time is closed"),
+        ("--body-timeout", "body_timeout_s", float,
+         "a request body not all there this long after its headers gets 408"),
+        ("--keep-alive", "keep_alive_s", float, "an idle keep-alive connection is closed after this long"),
+    ),
+}
+"""``baton serve``'s flags for :class:`ServerConfig` fields, by help group: (flag, field, type, help); a flag
+stores into its field's name (``args.drain_timeout_s``), and a type of ``None`` is an on/off switch."""
+
 _FLAG_OF_FIELD = {
-    "request_timeout_s": "--request-timeout", "max_prompt_chars": "--max-prompt-chars",
-    "max_body_bytes": "--max-body-bytes", "max_pixels_per_request": "--max-pixels", "openai_steps": "--openai-steps",
-    "public_url": "--public-url", "stuck_after_s": "--stuck-after", "drain_timeout_s": "--drain-timeout",
-    "header_timeout_s": "--header-timeout", "body_timeout_s": "--body-timeout", "keep_alive_s": "--keep-alive",
+    **{field: flag for flags in _SERVER_FLAGS.values() for flag, field, _, _ in flags},
     "max_queue": "--max-queue", "max_queued_pixel_steps": "--max-queued-pixel-steps", "max_size": "--max-size",
     "model_max_size": "--max-size", "dtype": "--dtype", "device": "--device", "offload": "--offload",
 }
@@ -156,40 +184,21 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--mode", default=engine_default["mode"].default, choices=ENGINE_MODES, help=MODE_HELP)
     serve.add_argument("--api-key-file", type=Path, default=None,
                        help="file of API keys, one per line (default: $BATON_API_KEYS, comma-separated; none: no auth)")
-    limits = serve.add_argument_group("limits")
+    groups = {title: serve.add_argument_group(title) for title in _SERVER_FLAGS}
+    limits = groups["limits"]
     limits.add_argument("--max-queue", type=int, default=engine_default["max_queue"].default,
                         help="requests in flight before 429")
     limits.add_argument("--max-queued-pixel-steps", type=int, default=None,
                         help="work in flight (images x width x height x steps) before 429 (default: 128 images at "
                              "the largest model's native size and 30 steps)")
     _add_max_size_arg(limits)
-    limits.add_argument("--request-timeout", type=float, default=server_default["request_timeout_s"],
-                        help="seconds before a request gets 504")
-    limits.add_argument("--max-prompt-chars", type=int, default=server_default["max_prompt_chars"],
-                        help="longest prompt or negative prompt")
-    limits.add_argument("--max-body-bytes", type=int, default=server_default["max_body_bytes"],
-                        help="largest request body (413 beyond)")
-    limits.add_argument("--max-pixels", type=int, default=server_default["max_pixels_per_request"],
-                        help="most images x width x height per request")
-    limits.add_argument("--openai-steps", type=int, default=server_default["openai_steps"],
-                        help="denoising steps of /v1/images/generations requests (OpenAI's API has no such field)")
-    urls = serve.add_argument_group("image URLs")
-    urls.add_argument("--public-url", default=None,
-                      help="base URL clients reach this server at, for image URLs (default: relative URLs)")
-    urls.add_argument("--capability-urls", action="store_true",
-                      help="image URLs work without the API key (192 random bits each, for <img> tags)")
-    lifecycle = serve.add_argument_group("health, shutdown and slow clients (seconds)")
-    lifecycle.add_argument("--stuck-after", type=float, default=server_default["stuck_after_s"],
-                           help="/readyz turns 503 when requests wait and no stage progressed for this long")
-    lifecycle.add_argument("--drain-timeout", type=float, default=server_default["drain_timeout_s"],
-                           help="after SIGTERM, how long in-flight requests may take to finish before they are "
-                                "failed and the process exits (a second signal ends the wait)")
-    lifecycle.add_argument("--header-timeout", type=float, default=server_default["header_timeout_s"],
-                           help="a connection that has not sent a request's headers in this time is closed")
-    lifecycle.add_argument("--body-timeout", type=float, default=server_default["body_timeout_s"],
-                           help="a request body not all there this long after its headers gets 408")
-    lifecycle.add_argument("--keep-alive", type=float, default=server_default["keep_alive_s"],
-                           help="an idle keep-alive connection is closed after this long")
+    for title, flags in _SERVER_FLAGS.items():
+        for flag, field, kind, help_text in flags:
+            if kind is None:
+                groups[title].add_argument(flag, dest=field, action="store_true", help=help_text)
+            else:
+                groups[title].add_argument(flag, dest=field, type=kind, default=server_default[field],
+                                           help=help_text, metavar=flag.removeprefix("--").replace("-", "_").upper())
     add_optimization_args(serve)
     serve.set_defaults(handler=_serve)
 
@@ -353,13 +362,8 @@ def _serve(args: argparse.Namespace) -> int:
     resolve_dtype(engine_config.dtype, device)
     check_optimizations(engine_config, device)
     keys = load_api_keys(args.api_key_file)
-    server_config = ServerConfig(
-        api_keys=keys, request_timeout_s=args.request_timeout, max_prompt_chars=args.max_prompt_chars,
-        max_pixels_per_request=args.max_pixels, openai_steps=args.openai_steps, max_body_bytes=args.max_body_bytes,
-        public_url=args.public_url, capability_urls=args.capability_urls, stuck_after_s=args.stuck_after,
-        drain_timeout_s=args.drain_timeout, header_timeout_s=args.header_timeout, body_timeout_s=args.body_timeout,
-        keep_alive_s=args.keep_alive,
-    )
+    server_config = ServerConfig(api_keys=keys, **{field: getattr(args, field) for flags in _SERVER_FLAGS.values()
+                                                   for _, field, _, _ in flags})
     app = create_app(engine_config, server_config)
     # 2. the port: taken before the URL is announced, so a busy one is an error and the banner is always true
     sock = bind_socket(args.host, args.port)
