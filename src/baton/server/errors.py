@@ -22,6 +22,8 @@ from baton.errors import (
     StageError,
 )
 
+Params = Mapping[str, tuple[str, str | None]]
+"""Engine fields an endpoint's clients call otherwise: ``{field: (the client's name, which part of it)}``."""
 RETRY_AFTER_S = 1
 """Seconds a client should wait after a full queue (429)."""
 RETRY_AFTER_UNAVAILABLE_S = 5
@@ -97,7 +99,7 @@ def _body_error(request: Request, exc: RequestValidationError) -> ApiError:
     return ApiError(400, message, param=field, code=first.get("type"))
 
 
-def from_engine_error(exc: BaseException, params: Mapping[str, tuple[str, str | None]] | None = None) -> ApiError:
+def from_engine_error(exc: BaseException, params: Params | None = None) -> ApiError:
     """The HTTP answer for an error the engine raised for one request.
 
     ``params``: engine fields the endpoint's clients call otherwise (OpenAI's ``n`` for ``num_images``), as

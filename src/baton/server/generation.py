@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import time
-from collections.abc import Mapping
 from concurrent.futures import Future
 
 from fastapi import Request
@@ -15,15 +14,13 @@ from fastapi import Request
 from baton.errors import BatonError, InvalidRequestError
 from baton.request import GenerationRequest, GenerationResult
 from baton.request import parse_size as parse_size_text
-from baton.server.errors import ApiError, from_engine_error
+from baton.server.errors import ApiError, Params, from_engine_error
 from baton.server.state import ServerState
 
 MEDIA_TYPES = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}
 DISCONNECT_POLL_S = 0.1
 IMAGE_ROUTE = "/v1/images"
 WARNINGS_HEADER = "X-Baton-Warnings"
-Params = Mapping[str, tuple[str, str | None]]
-"""Engine fields an endpoint's clients call otherwise (see ``errors.from_engine_error``)."""
 
 
 def admit(state: ServerState, request: GenerationRequest, params: Params | None = None,
