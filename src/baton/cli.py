@@ -212,16 +212,22 @@ def _parser() -> argparse.ArgumentParser:
     add_optimization_args(demo)
     demo.set_defaults(handler=_demo)
 
-    train = commands.add_parser("train-shapes", help="train the small shapes model from scratch (CPU or GPU)")
+    train = commands.add_parser("train-shapes", help="train the small shapes model (CPU or GPU), from scratch or on "
+                                "from saved weights")
     train.add_argument("--out", type=_out_folder, required=True, help="folder to save the pipeline to")
     train.add_argument("--vae-minutes", type=float, default=7.0)
-    train.add_argument("--unet-minutes", type=float, default=33.0)
+    train.add_argument("--unet-minutes", type=float, default=75.0)
     train.add_argument("--tiny-vae-minutes", type=float, default=2.0)
     train.add_argument("--tiny-vae-only", action="store_true",
                        help="only train the tiny autoencoder of the model already saved in --out (into its vae_tiny)")
+    train.add_argument("--resume", type=Path, default=None, metavar="DIR",
+                       help="continue from the model saved in DIR: its VAE and tiny autoencoder are kept, the UNet "
+                            "and text encoder train on for --unet-minutes (DIR may be --out)")
     train.add_argument("--batch", type=int, default=32)
     train.add_argument("--scenes", type=int, default=20_000, help="training scenes encoded to latents")
-    train.add_argument("--eval-prompts", type=int, default=64, help="held-out captions scored at the end")
+    train.add_argument("--eval-prompts", type=int, default=64, help="held-out template captions scored at the end")
+    train.add_argument("--eval-free-form", type=int, default=66,
+                       help="free-form prompts scored at the end (the first N of baton.shapes.prompts' 66)")
     train.add_argument("--seed", type=int, default=0)
     train.set_defaults(handler=_train_shapes)
 
@@ -398,8 +404,7 @@ def _demo(args: argparse.Namespace) -> int:
     right = sum(all(check.values()) for check in demo.checks)  # as the grid's "detector: all right"
     images = len(demo.results)
     console.print(f"{images} images in {demo.wall_s:.2f} s ({images / demo.wall_s:.2f} images/s); the detector reads "
-                  f"colour, shape, count, size and position right in {right} of {images}", highlight=False,
-                  soft_wrap=True)
+                  f"every attribute the prompt names right in {right} of {images}", highlight=False, soft_wrap=True)
     console.print(f"wrote {demo.path}", highlight=False, soft_wrap=True)
     return 0
 
@@ -418,8 +423,11 @@ def _train_shapes(args: argparse.Namespace) -> int:
         return 0
     record = train_shapes(args.out, vae_minutes=args.vae_minutes, unet_minutes=args.unet_minutes,
                           tiny_vae_minutes=args.tiny_vae_minutes, batch=args.batch, latent_scenes=args.scenes,
-                          seed=args.seed, eval_prompts=args.eval_prompts, log=log)
-    console.print(f"held-out accuracy {record['eval']}; saved to {args.out}", highlight=False)
+                          seed=args.seed, eval_prompts=args.eval_prompts, eval_free_form=args.eval_free_form,
+                          resume=args.resume, log=log)
+    free_form = record["eval_free_form"]["overall"]["all named"]
+    console.print(f"held-out template accuracy {record['eval']}; free-form prompts with every named attribute "
+                  f"right: {free_form:.1%}; saved to {args.out}", highlight=False, soft_wrap=True)
     return 0
 
 

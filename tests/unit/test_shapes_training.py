@@ -12,11 +12,14 @@ from baton.config import OptimizationConfig
 def test_a_tiny_training_run_saves_a_pipeline_the_engine_serves(tmp_path):
     out = tmp_path / "shapes"
     code = main(["train-shapes", "--out", str(out), "--vae-minutes", "0.02", "--unet-minutes", "0.02",
-                 "--tiny-vae-minutes", "0.01", "--scenes", "64", "--eval-prompts", "4", "--batch", "4"])
+                 "--tiny-vae-minutes", "0.01", "--scenes", "64", "--eval-prompts", "4", "--eval-free-form", "3",
+                 "--batch", "4"])
     assert code == 0
     record = json.loads((out / "training.json").read_text())
     assert record["vae_steps"] >= 1 and record["unet_steps"] >= 1 and record["scaling_factor"] > 0
     assert set(record["eval"]) == {"colour", "shape", "count", "size", "position"}
+    assert record["eval_free_form"]["overall"].keys() >= {"all named", "colour", "shape", "count"}
+    assert record["eval_settings"]["free_form_prompts"] == 3 and "resumed_from" not in record
     assert record["tiny_vae"]["steps"] >= 1 and set(record["tiny_vae"]["reconstruction"]) == set(record["eval"])
     assert (out / "vae_tiny" / "config.json").is_file()
     assert sum(f.stat().st_size for f in out.rglob("*.safetensors")) < 20 * 2**20  # float16 weights
@@ -52,3 +55,62 @@ def test_tiny_vae_only_trains_the_tiny_autoencoder_of_a_saved_model(tmp_path, ca
     record = json.loads((folder / "training.json").read_text())
     assert record.pop("tiny_vae")["steps"] >= 1 and record == before  # the rest of the record stays
     assert (folder / "vae_tiny" / "diffusion_pytorch_model.safetensors").is_file()
+
+
+def test_resume_trains_on_from_saved_weights_and_keeps_the_autoencoders(tmp_path, capsys):
+    import shutil
+
+    from baton.models.registry import EMBEDDED_MODELS
+
+    folder = tmp_path / "shapes"
+    assert main(["train-shapes", "--out", str(folder), "--resume", str(tmp_path / "nothing")]) == 2
+    assert "`--resume` " in capsys.readouterr().err and not folder.exists()  # refused before any training
+    shutil.copytree(EMBEDDED_MODELS["shapes"], folder)
+    before = json.loads((folder / "training.json").read_text())
+    autoencoders = {path: path.read_bytes() for path in folder.glob("vae*/*.safetensors")}
+    unet = (folder / "unet" / "diffusion_pytorch_model.safetensors").read_bytes()
+    assert main(["train-shapes", "--out", str(folder), "--resume", str(folder), "--unet-minutes", "0.02",
+                 "--scenes", "64", "--eval-prompts", "2", "--eval-free-form", "2", "--batch", "4"]) == 0
+    record = json.loads((folder / "training.json").read_text())
+    assert record["resumed_from"] == before and record["unet_steps"] >= 1
+    assert record["unet_steps_total"] == before.get("unet_steps_total", before["unet_steps"]) + record["unet_steps"]
+    assert record["scaling_factor"] == before["scaling_factor"] and record["tiny_vae"] == before["tiny_vae"]
+    assert {path: path.read_bytes() for path in folder.glob("vae*/*.safetensors")} == autoencoders
+    assert (folder / "unet" / "diffusion_pytorch_model.safetensors").read_bytes() != unet
+    assert json.loads((folder / "baton.json").read_text())["example_prompt"]  # the serving defaults stay
+
+
+def test_a_text_encoder_saved_with_another_vocabulary_adopts_the_current_one_by_word():
+    import torch
+    from tokenizers import Tokenizer
+    from tokenizers.models import WordLevel
+    from tokenizers.pre_tokenizers import WhitespaceSplit
+    from transformers import PreTrainedTokenizerFast
+
+    from baton.models.tokenizers import BOS_TOKEN, EOS_TOKEN
+    from baton.shapes.model import adopt_tokenizer, build_pipeline, build_text_encoder
+    from baton.shapes.tokenizer import MAX_TOKENS
+
+    # the first shapes vocabulary: caption words only, unknown words read as the end token, 16 positions
+    old_words = [BOS_TOKEN, EOS_TOKEN, "red", "circle", "zebra"]
+    model = Tokenizer(WordLevel({w: i for i, w in enumerate(old_words)}, unk_token=EOS_TOKEN))
+    model.pre_tokenizer = WhitespaceSplit()
+    old_tokenizer = PreTrainedTokenizerFast(tokenizer_object=model, bos_token=BOS_TOKEN, eos_token=EOS_TOKEN,
+                                            unk_token=EOS_TOKEN, pad_token=EOS_TOKEN, model_max_length=16)
+    pipe = build_pipeline()
+    old_encoder = build_text_encoder(old_tokenizer)
+    old_encoder.embeddings.position_embedding = torch.nn.Embedding(16, 64)
+    pipe.register_modules(tokenizer=old_tokenizer, text_encoder=old_encoder)
+    old_tokens = old_encoder.embeddings.token_embedding.weight.detach().clone()
+    old_positions = old_encoder.embeddings.position_embedding.weight.detach().clone()
+
+    untrained = adopt_tokenizer(pipe)
+    vocab = pipe.tokenizer.get_vocab()
+    embeddings = pipe.text_encoder.embeddings
+    assert pipe.tokenizer.model_max_length == MAX_TOKENS and embeddings.position_embedding.num_embeddings == 32
+    for word in ("red", "circle", EOS_TOKEN):
+        assert torch.equal(embeddings.token_embedding.weight[vocab[word]], old_tokens[old_words.index(word)])
+    assert "<unk>" in untrained and "blue" in untrained and "red" not in untrained and "zebra" not in vocab
+    assert torch.equal(embeddings.position_embedding.weight[:16], old_positions)
+    assert torch.equal(pipe.text_encoder.final_layer_norm.weight, old_encoder.final_layer_norm.weight)
+    assert adopt_tokenizer(pipe) == []  # already current

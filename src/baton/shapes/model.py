@@ -2,22 +2,17 @@
 
 Same format and code path as any SD1.5 checkpoint (``StableDiffusionPipeline``: CLIP text encoder and tokenizer,
 UNet, AutoencoderKL, a scheduler), so it loads from its folder like a real one and runs through the same runner.
-Sizes: 64x64 images, a VAE that downsamples by 4 (16x16x4 latents), a 2-layer CLIP text encoder over a word-level
-vocabulary of the captions' words (one token per word: a small encoder need not learn spelling).
+Sizes: 64x64 images, a VAE that downsamples by 4 (16x16x4 latents), a 2-layer CLIP text encoder over a small
+word-level vocabulary (``baton.shapes.tokenizer``: one token per word, so a small encoder need not learn spelling).
 """
 
 from __future__ import annotations
 
 from diffusers import AutoencoderKL, DDIMScheduler, DDPMScheduler, StableDiffusionPipeline, UNet2DConditionModel
-from tokenizers import Tokenizer
-from tokenizers.models import WordLevel
-from tokenizers.normalizers import Lowercase
-from tokenizers.pre_tokenizers import WhitespaceSplit
-from tokenizers.processors import TemplateProcessing
-from transformers import CLIPTextConfig, CLIPTextModel, PreTrainedTokenizerFast
+from transformers import CLIPTextConfig, CLIPTextModel
 
 from baton.models.tokenizers import BOS_TOKEN, EOS_TOKEN
-from baton.shapes.scenes import COLOURS, COUNTS, POSITIONS, SHAPES, SIZES
+from baton.shapes.tokenizer import MAX_TOKENS, shapes_tokenizer
 
 # SD1.5's noise schedule, rescaled so that its last step is pure noise (Lin et al. 2023, "Common Diffusion Noise
 # Schedules and Sample Steps are Flawed"), with v-prediction (noise prediction is undefined at zero SNR) and
@@ -30,29 +25,6 @@ SAMPLER = dict(SCHEDULE, timestep_spacing="trailing", steps_offset=1, clip_sampl
                thresholding=False)
 """The model's own sampler (DDIM), every value spelled out as ``baton.models.builtin``'s schedulers are."""
 TEXT_WIDTH = 64
-MAX_TOKENS = 16  # "three large magenta triangles at the bottom right on a black background" is 12 words
-
-
-def caption_words() -> list[str]:
-    words = {"on", "a", "black", "background", "at", "the", "in"}
-    words |= set(COLOURS) | set(SIZES) | set(COUNTS.values()) | {"one"}
-    words |= set(SHAPES) | {shape + "s" for shape in SHAPES}
-    words |= {word for position in POSITIONS for word in position.split()}
-    return sorted(words)
-
-
-def word_tokenizer() -> PreTrainedTokenizerFast:
-    """One token per caption word (a word-level vocabulary; any other word is the unknown token), with CLIP's
-    start and end tokens around and end tokens as padding, as the SD pipelines expect."""
-    words = [BOS_TOKEN, EOS_TOKEN, *caption_words()]
-    vocab = {word: index for index, word in enumerate(words)}
-    model = Tokenizer(WordLevel(vocab, unk_token=EOS_TOKEN))
-    model.normalizer = Lowercase()
-    model.pre_tokenizer = WhitespaceSplit()
-    model.post_processor = TemplateProcessing(single=f"{BOS_TOKEN} $A {EOS_TOKEN}",
-                                              special_tokens=[(BOS_TOKEN, 0), (EOS_TOKEN, 1)])
-    return PreTrainedTokenizerFast(tokenizer_object=model, bos_token=BOS_TOKEN, eos_token=EOS_TOKEN,
-                                   unk_token=EOS_TOKEN, pad_token=EOS_TOKEN, model_max_length=MAX_TOKENS)
 
 
 def build_pipeline(seed: int = 0) -> StableDiffusionPipeline:
@@ -60,13 +32,8 @@ def build_pipeline(seed: int = 0) -> StableDiffusionPipeline:
     import torch
 
     torch.manual_seed(seed)
-    tokenizer = word_tokenizer()
-    vocab = tokenizer.get_vocab()
-    text_encoder = CLIPTextModel(CLIPTextConfig(
-        vocab_size=len(vocab), hidden_size=TEXT_WIDTH, intermediate_size=4 * TEXT_WIDTH, num_hidden_layers=2,
-        num_attention_heads=4, max_position_embeddings=MAX_TOKENS, projection_dim=TEXT_WIDTH,
-        bos_token_id=vocab[BOS_TOKEN], eos_token_id=vocab[EOS_TOKEN], pad_token_id=vocab[EOS_TOKEN],
-    ))
+    tokenizer = shapes_tokenizer()
+    text_encoder = build_text_encoder(tokenizer)
     vae = AutoencoderKL(
         in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(32, 64, 64),
         down_block_types=("DownEncoderBlock2D",) * 3, up_block_types=("UpDecoderBlock2D",) * 3,
@@ -88,6 +55,50 @@ def build_pipeline(seed: int = 0) -> StableDiffusionPipeline:
         scheduler=DDIMScheduler(**SAMPLER), safety_checker=None, feature_extractor=None,
         requires_safety_checker=False,
     )
+
+
+def build_text_encoder(tokenizer) -> CLIPTextModel:
+    """The untrained text encoder for ``tokenizer``'s vocabulary (weights from the current torch seed)."""
+    vocab = tokenizer.get_vocab()
+    return CLIPTextModel(CLIPTextConfig(
+        vocab_size=len(vocab), hidden_size=TEXT_WIDTH, intermediate_size=4 * TEXT_WIDTH, num_hidden_layers=2,
+        num_attention_heads=4, max_position_embeddings=MAX_TOKENS, projection_dim=TEXT_WIDTH,
+        bos_token_id=vocab[BOS_TOKEN], eos_token_id=vocab[EOS_TOKEN], pad_token_id=vocab[EOS_TOKEN],
+    ))
+
+
+def adopt_tokenizer(pipe: StableDiffusionPipeline) -> list[str]:
+    """Give a saved shapes pipeline the current tokenizer, keeping what its text encoder learned (for ``baton
+    train-shapes --resume`` from weights saved with an older vocabulary).
+
+    Every layer carries over. A token embedding carries over by word: a word the old vocabulary had keeps its
+    row, the rest start untrained. Position embeddings carry over for the positions the old encoder had. Returns
+    the words that start untrained (empty when the vocabularies already agree)."""
+    import torch
+
+    tokenizer = shapes_tokenizer()
+    if pipe.tokenizer.get_vocab() == tokenizer.get_vocab() and pipe.tokenizer.model_max_length == MAX_TOKENS:
+        return []
+    old_vocab, old = pipe.tokenizer.get_vocab(), pipe.text_encoder
+    new = build_text_encoder(tokenizer).to(old.device, old.dtype)
+    old_state, new_state = old.state_dict(), new.state_dict()
+    tokens_key = "embeddings.token_embedding.weight"
+    positions_key = "embeddings.position_embedding.weight"
+    for key, value in old_state.items():
+        if key in new_state and key not in (tokens_key, positions_key) and value.shape == new_state[key].shape:
+            new_state[key] = value
+    untrained = []
+    with torch.no_grad():
+        for word, index in tokenizer.get_vocab().items():
+            if word in old_vocab:
+                new_state[tokens_key][index] = old_state[tokens_key][old_vocab[word]]
+            else:
+                untrained.append(word)
+        shared = min(len(old_state[positions_key]), MAX_TOKENS)
+        new_state[positions_key][:shared] = old_state[positions_key][:shared]
+    new.load_state_dict(new_state)
+    pipe.register_modules(tokenizer=tokenizer, text_encoder=new)
+    return sorted(untrained)
 
 
 def training_scheduler() -> DDPMScheduler:

@@ -4,7 +4,9 @@
    time budget.
 2. Latents of a fixed set of training scenes are encoded once; their spread sets the VAE's ``scaling_factor``.
 3. The UNet and the text encoder learn to predict v on a zero-terminal-SNR schedule (``baton.shapes.model``
-   says why), given the caption (dropped 10% of the time, for classifier-free guidance), for a time budget. Three
+   says why), given a caption built afresh for each sample (``baton.shapes.captions``: attributes left out,
+   phrases reordered, synonyms and filler, so typed prompts work; dropped 10% of the time, for classifier-free
+   guidance), for a time budget. Three
    standard tricks make the most of a CPU's few thousand steps: Min-SNR-5 loss weights (Hang et al. 2023: the
    nearly clean steps stop dominating) with a floor for the noisiest ones, a learning rate that warms up then
    decays along a cosine over the budget, and an exponential moving average of the weights, which is what gets
@@ -12,10 +14,16 @@
 4. A tiny autoencoder (``AutoencoderTiny``, the TAESD design at this model's 4x upsampling) learns to decode
    the UNet's latents as the VAE does (and to encode images to them): what ``--vae tiny`` and the
    ``max-throughput`` preset decode with. It is saved in the folder's ``vae_tiny``.
-5. The prompt accuracy on held-out captions is measured with the detector (and, as a check on steps 1 and 4, on
-   reconstructions), and the pipeline is saved in float16 safetensors (about 11 MB).
+5. The prompt accuracy on held-out template captions and on the free-form prompts (``baton.shapes.prompts``) is
+   measured with the detector (and, as a check on steps 1 and 4, on reconstructions), and the pipeline is saved
+   in float16 safetensors (about 11 MB).
 
-``train_tiny_vae`` runs step 4 alone on a saved folder (``baton train-shapes --tiny-vae-only``).
+``train_tiny_vae`` runs step 4 alone on a saved folder (``baton train-shapes --tiny-vae-only``). ``resume``
+(``--resume DIR``) continues from a saved model instead of starting from scratch, so a longer schedule can run in
+pieces: its VAE and tiny autoencoder are kept as they are (steps 1 and 4 are skipped), the UNet and the text
+encoder train on from its weights (the text encoder adopts the current vocabulary, carrying its embeddings over
+by word), with a fresh warm-up and cosine over the new budget, and the new ``training.json`` keeps the old record
+under ``resumed_from``.
 """
 
 from __future__ import annotations
@@ -23,21 +31,25 @@ from __future__ import annotations
 import json
 import logging
 import math
+import random
+import shutil
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
 import torch
-from diffusers import AutoencoderKL, AutoencoderTiny
+from diffusers import AutoencoderKL, AutoencoderTiny, StableDiffusionPipeline
 from diffusers.training_utils import EMAModel
 
 from baton.models.builtin import quiet_casts
 from baton.models.registry import SERVING_DEFAULTS_FILE
 from baton.optim.vae import TINY_VAE_SUBFOLDER, tiny_vae_architecture, upsampling_factor
 from baton.request import DEFAULT_STEPS
+from baton.shapes.captions import varied_caption
 from baton.shapes.detector import ATTRIBUTES, accuracy
-from baton.shapes.model import build_pipeline, training_scheduler
+from baton.shapes.model import adopt_tokenizer, build_pipeline, training_scheduler
+from baton.shapes.prompts import FREE_FORM_PROMPTS, free_form_accuracy
 from baton.shapes.scenes import caption, render, sample_scenes
 
 logger = logging.getLogger(__name__)
@@ -54,45 +66,94 @@ TINY_VAE_CHANNELS = 32
 """Half the published tiny autoencoder's width: this VAE's own widest level has 64 channels."""
 
 
-def train_shapes(out_dir: Path, vae_minutes: float = 7.0, unet_minutes: float = 33.0, tiny_vae_minutes: float = 2.0,
+def train_shapes(out_dir: Path, vae_minutes: float = 7.0, unet_minutes: float = 75.0, tiny_vae_minutes: float = 2.0,
                  batch: int = 32, vae_batch: int = 16, latent_scenes: int = 20_000, seed: int = 0,
-                 eval_prompts: int = 64, device: str | None = None,
+                 eval_prompts: int = 64, eval_free_form: int = len(FREE_FORM_PROMPTS), device: str | None = None,
+                 resume: Path | None = None,
                  log: Callable[[str], None] = logger.info) -> dict:
     """Train, evaluate and save; returns the training record (also written to ``out_dir/training.json``)."""
-    _check_budgets(vae_minutes=vae_minutes, unet_minutes=unet_minutes, tiny_vae_minutes=tiny_vae_minutes)
+    _check_budgets(unet_minutes=unet_minutes, **({} if resume else {"vae_minutes": vae_minutes,
+                                                                    "tiny_vae_minutes": tiny_vae_minutes}))
+    for name, count in (("eval_prompts", eval_prompts), ("eval_free_form", eval_free_form)):
+        if count < 1:  # found out only after training otherwise
+            raise ValueError(f"`{name}` (--{name.replace('_', '-')}) must be >= 1, got {count!r}")
     device = _device(device)
     torch.manual_seed(seed)
-    pipe = build_pipeline(seed).to(device)
     record: dict = {"seed": seed, "batch": batch, "device": device.type, "torch_threads": torch.get_num_threads()}
     started = time.perf_counter()
+    if resume is None:
+        pipe = build_pipeline(seed).to(device)
+        record |= _train_vae(pipe.vae, vae_minutes, vae_batch, device, log)
+        record["vae_reconstruction"] = _reconstruction_accuracy(pipe.vae, sample_scenes(128, seed=3), device)
+        log(f"VAE reconstructions read back: {record['vae_reconstruction']}")
+    else:
+        pipe, previous = _resumed(resume, device, log)
+        record |= {key: previous[key] for key in ("vae_steps", "vae_loss", "vae_reconstruction") if key in previous}
+        record["resumed_from"] = previous
 
-    record |= _train_vae(pipe.vae, vae_minutes, vae_batch, device, log)
-    record["vae_reconstruction"] = _reconstruction_accuracy(pipe.vae, sample_scenes(128, seed=3), device)
-    log(f"VAE reconstructions read back: {record['vae_reconstruction']}")
-
-    # latents of a fixed training set, and the scale that gives them unit spread
+    # latents of a fixed training set, and (from scratch) the scale that gives them unit spread
     scenes = sample_scenes(latent_scenes, seed=1)
     with torch.no_grad():
         latents = torch.cat([pipe.vae.encode(_images(scenes[i : i + 256], device)).latent_dist.mode()
                              for i in range(0, len(scenes), 256)])
-    scaling = float(1.0 / latents.std())
-    pipe.vae.register_to_config(scaling_factor=scaling)
+    if resume is None:
+        pipe.vae.register_to_config(scaling_factor=float(1.0 / latents.std()))
+    scaling = pipe.vae.config.scaling_factor
     record["scaling_factor"] = round(scaling, 5)
     log(f"encoded {len(scenes)} scenes; scaling factor {scaling:.4f}")
 
-    record |= _train_denoiser(pipe, latents * scaling, [caption(s) for s in scenes], unet_minutes, batch, seed,
-                              device, log, started)
-    tiny_vae, record["tiny_vae"] = _train_tiny_vae(pipe.vae, tiny_vae_minutes, vae_batch, seed, device, log)
+    # a resumed piece draws other samples, noise and captions than the pieces before it
+    previous = record.get("resumed_from", {})
+    steps_before = previous.get("unet_steps_total", previous.get("unet_steps", 0))
+    record |= _train_denoiser(pipe, latents * scaling, scenes, unet_minutes, batch, seed + steps_before, device, log,
+                              started)
+    record["unet_steps_total"] = steps_before + record["unet_steps"]
+    pipe.set_progress_bar_config(disable=True)
+    if resume is None:
+        tiny_vae, record["tiny_vae"] = _train_tiny_vae(pipe.vae, tiny_vae_minutes, vae_batch, seed, device, log)
+    else:
+        tiny_vae, record["tiny_vae"] = None, record["resumed_from"].get("tiny_vae")
     record["eval"] = evaluate(pipe, sample_scenes(eval_prompts, seed=7, held_out=True))
-    record["eval_settings"] = {"steps": DEFAULT_STEPS, "guidance": SERVING_GUIDANCE, "prompts": eval_prompts}
+    record["eval_free_form"] = evaluate_free_form(pipe, FREE_FORM_PROMPTS[:eval_free_form])
+    record["eval_settings"] = {"steps": DEFAULT_STEPS, "guidance": SERVING_GUIDANCE, "prompts": eval_prompts,
+                               "free_form_prompts": min(eval_free_form, len(FREE_FORM_PROMPTS))}
     record["train_seconds"] = round(time.perf_counter() - started, 1)
     log(f"held-out accuracy: {record['eval']}")
+    log(f"free-form prompts, every named attribute right: {record['eval_free_form']['overall']['all named']:.1%}")
+    _save(pipe, tiny_vae, resume, out_dir, record)
+    return record
+
+
+def _resumed(folder: Path, device, log) -> tuple[StableDiffusionPipeline, dict]:
+    """The shapes model saved in ``folder`` (float32, on ``device``, the current tokenizer adopted) and its
+    training record."""
+    if not (folder / "unet" / "config.json").is_file():
+        raise ValueError(f"`--resume` {str(folder)!r} holds no saved model (no unet/config.json); it takes a "
+                         "folder baton train-shapes saved")
+    pipe = StableDiffusionPipeline.from_pretrained(folder, dtype=torch.float32, safety_checker=None,
+                                                   requires_safety_checker=False)
+    untrained = adopt_tokenizer(pipe)
+    if untrained:
+        log(f"the text encoder adopted the current vocabulary; new tokens: {', '.join(untrained)}")
+    pipe.vae.requires_grad_(False).eval()
+    record_path = folder / "training.json"
+    return pipe.to(device), json.loads(record_path.read_text()) if record_path.is_file() else {}
+
+
+def _save(pipe, tiny_vae: AutoencoderTiny | None, resumed: Path | None, out_dir: Path, record: dict) -> None:
+    """The pipeline, its tiny autoencoder (trained now, or the resumed folder's), the record and the serving
+    defaults, in ``out_dir``."""
     out_dir.mkdir(parents=True, exist_ok=True)
     pipe.to("cpu", torch.float16).save_pretrained(out_dir, safe_serialization=True)
-    _save_tiny_vae(tiny_vae, out_dir)
+    if tiny_vae is not None:
+        _save_tiny_vae(tiny_vae, out_dir)
+    elif resumed is not None and (resumed / TINY_VAE_SUBFOLDER).is_dir() and resumed.resolve() != out_dir.resolve():
+        shutil.copytree(resumed / TINY_VAE_SUBFOLDER, out_dir / TINY_VAE_SUBFOLDER, dirs_exist_ok=True)
     (out_dir / "training.json").write_text(json.dumps(record, indent=2) + "\n")
-    (out_dir / SERVING_DEFAULTS_FILE).write_text(json.dumps({"guidance_scale": SERVING_GUIDANCE}) + "\n")
-    return record
+    defaults_path = out_dir / SERVING_DEFAULTS_FILE
+    defaults = json.loads(defaults_path.read_text()) if defaults_path.is_file() else {}
+    defaults["guidance_scale"] = SERVING_GUIDANCE
+    defaults_path.write_text(json.dumps(defaults) + "\n")
 
 
 def train_tiny_vae(model_dir: Path, minutes: float = 2.0, batch: int = 16, seed: int = 0, device: str | None = None,
@@ -186,7 +247,7 @@ def _train_tiny_vae(vae, minutes: float, batch: int, seed: int, device, log) -> 
     return tiny, record
 
 
-def _train_denoiser(pipe, latents, captions, minutes: float, batch: int, seed: int, device, log, started) -> dict:
+def _train_denoiser(pipe, latents, scenes, minutes: float, batch: int, seed: int, device, log, started) -> dict:
     unet, text_encoder, tokenizer = pipe.unet.train(), pipe.text_encoder.train(), pipe.tokenizer
     parameters = [*unet.parameters(), *text_encoder.parameters()]
     optimizer = torch.optim.AdamW([
@@ -196,16 +257,18 @@ def _train_denoiser(pipe, latents, captions, minutes: float, batch: int, seed: i
     average = EMAModel(parameters, decay=0.999, use_ema_warmup=True, power=3 / 4)
     noise_schedule = training_scheduler()
     alphas = noise_schedule.alphas_cumprod.to(device)
-    tokens = tokenizer(captions, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
-                       return_tensors="pt").input_ids.to(device)
     no_caption = tokenizer([""], padding="max_length", max_length=tokenizer.model_max_length,
                            return_tensors="pt").input_ids.to(device)
     generator = torch.Generator().manual_seed(seed)
+    caption_rng = random.Random(seed)
     losses = []
     for step in _budgeted_steps(optimizer, minutes):
         index = torch.randint(len(latents), (batch,), generator=generator)
+        captions = [varied_caption(scenes[i], caption_rng) for i in index.tolist()]
+        tokens = tokenizer(captions, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
+                           return_tensors="pt").input_ids.to(device)
         dropped = (torch.rand(batch, generator=generator) < 0.1).to(device)
-        batch_tokens = torch.where(dropped[:, None], no_caption, tokens[index.to(device)])
+        batch_tokens = torch.where(dropped[:, None], no_caption, tokens)
         noise = torch.randn((batch, *latents.shape[1:]), generator=generator).to(device)
         timesteps = torch.randint(noise_schedule.config.num_train_timesteps, (batch,), generator=generator).to(device)
         batch_latents = latents[index.to(device)]
@@ -262,6 +325,23 @@ def evaluate(pipe, scenes, steps: int = DEFAULT_STEPS, guidance: float = SERVING
         for i in range(0, len(scenes), 16)
     ])
     return _rounded(accuracy(scenes, images))
+
+
+def evaluate_free_form(pipe, prompts=FREE_FORM_PROMPTS, steps: int = DEFAULT_STEPS,
+                       guidance: float = SERVING_GUIDANCE) -> dict:
+    """Per style and overall, the share of free-form prompts (one seed each) with every named attribute right, and
+    per attribute (``baton.shapes.prompts.free_form_accuracy``)."""
+    prompts = list(prompts)
+    images = np.concatenate([
+        pipe([p.text for p in prompts[i : i + 16]], num_inference_steps=steps, guidance_scale=guidance, height=64,
+             width=64, output_type="np", generator=torch.Generator().manual_seed(i)).images
+        for i in range(0, len(prompts), 16)
+    ])
+    return {group: _rounded_all(shares) for group, shares in free_form_accuracy(prompts, images).items()}
+
+
+def _rounded_all(shares: dict[str, float]) -> dict[str, float]:
+    return {name: round(share, 3) for name, share in shares.items()}
 
 
 def _reconstruction_accuracy(vae, scenes, device, decoder=None) -> dict[str, float]:
