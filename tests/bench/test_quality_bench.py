@@ -10,16 +10,18 @@ from baton.bench.quality import QualitySettings, accuracy, add_deltas, drift, qu
 from baton.bench.quality_report import headline_checks, quality_markdown
 from baton.cli import main
 from baton.shapes import render, sample_scenes
+from baton.shapes.prompts import FREE_FORM_PROMPTS, FREE_FORM_STYLES
 
 
 def test_the_bench_scores_each_row_against_the_reference(tmp_path):
-    code = main(["bench", "quality", "--prompts", "6", "--steps", "4", "--device", "cpu",
-                 "--only", "stacked,fp16,bf16 VAE,sampler euler,4 steps", "--out", str(tmp_path)])
+    code = main(["bench", "quality", "--prompts", "6", "--steps", "4", "--guidance", "3", "--free-form-seeds", "1",
+                 "--device", "cpu", "--only", "stacked,fp16,bf16 VAE,sampler euler,4 steps,guidance",
+                 "--out", str(tmp_path)])
     assert code == 0
     report = json.loads((tmp_path / "quality.json").read_text())
     rows = {row["config"]: row for row in report["results"]}
     assert list(rows) == ["fp32 (reference)", "diffusers fp32 (stacked)", "fp16", "bf16 VAE", "sampler euler",
-                          "4 steps"]
+                          "4 steps", "guidance 3"]
     reference = rows["fp32 (reference)"]
     assert reference["status"] == "ok" and reference["delta_points"]["colour"] == 0.0
     assert set(reference["accuracy"]) == {"colour", "shape", "count", "size", "position", "colour+shape+count"}
@@ -30,8 +32,15 @@ def test_the_bench_scores_each_row_against_the_reference(tmp_path):
     assert drifted["status"] == "ok" and not drifted["identical"] and 20 < drifted["psnr_db"] < 80
     assert 0 < drifted["ssim"] < 1
     assert rows["4 steps"]["steps"] == 4 and rows["sampler euler"]["scheduler"] == "euler"
+    # the free-form prompts are scored per style, and a guidance row draws other images than the reference
+    assert set(reference["free_form"]) == {"overall", *FREE_FORM_STYLES}
+    assert 0 <= reference["free_form"]["overall"]["all named"] <= 1
+    assert rows["guidance 3"]["guidance"] == 3.0 and not rows["guidance 3"]["identical"]
+    assert rows["guidance 3"]["images_per_s"] > 0 and len(FREE_FORM_PROMPTS) > 60
     markdown = (tmp_path / "quality.md").read_text()
     assert "| fp32 (reference) |" in markdown and "reference colour accuracy" in markdown
+    assert "| configuration | overall | short | punctuation and case |" in markdown
+    assert "reference free-form overall: every named attribute right in" in markdown
     assert (tmp_path / "quality.png").stat().st_size > 10_000
 
 
@@ -42,6 +51,7 @@ def test_rows_cover_options_presets_samplers_and_steps():
     assert {"compile", "classic attention", "VAE slicing", "preset fast", "sampler dpmpp_2m", "10 steps",
             "50 steps"} <= set(names)
     assert "30 steps" not in names  # the default is the reference row
+    assert {"guidance 1", "guidance 3"} <= set(names)
     gated = {row.name for row in rows if row.gated}
     assert gated == {"fp16", "bf16", "compile", "prompt cache (every prompt precomputed)"}
 

@@ -127,14 +127,20 @@ def add_bench_parser(commands: argparse._SubParsersAction, size_type) -> None:
 
     quality = benches.add_parser(
         "quality",
-        help="prompt accuracy and drift of every optimization, preset, sampler and step count (shapes model)",
-        description="Draw held-out shapes prompts with each configuration, each in its own process; report the "
-        "detector's colour/shape/count accuracy and PSNR/SSIM against the float32 reference of the same seed.",
+        help="prompt accuracy and drift of every optimization, preset, sampler, step count and guidance scale "
+             "(shapes model)",
+        description="Draw held-out template captions and free-form prompts with each configuration, each in its own "
+        "process; report the detector's accuracy (per attribute, and per free-form style) and PSNR/SSIM against the "
+        "float32 reference of the same seed.",
     )
     quality.add_argument("--model", default="shapes", help="a model trained on shapes captions")
     quality.add_argument("--prompts", type=int, default=200, help="held-out prompts per row")
     quality.add_argument("--steps", type=_ints, default="10,20,50",
                          help="step counts measured besides the default, e.g. 10,20,50")
+    quality.add_argument("--guidance", type=_floats, default="1,3",
+                         help="guidance scales measured besides the model's default, e.g. 1,3 (empty: none)")
+    quality.add_argument("--free-form-seeds", type=int, default=4,
+                         help="seeds per free-form prompt (0: template prompts only)")
     quality.add_argument("--device", default="auto")
     quality.add_argument("--only", type=_names, default="",
                          help="comma-separated parts of row names to run (the reference always runs)")
@@ -270,8 +276,9 @@ def _quality(args: argparse.Namespace) -> int:
     from baton.bench.quality import QualitySettings, run_quality
     from baton.bench.quality_report import quality_markdown, write_quality_outputs
 
-    settings = QualitySettings(model=args.model, prompts=args.prompts, steps=tuple(args.steps), device=args.device,
-                               only=tuple(args.only), compile_cache=args.compile_cache)
+    settings = QualitySettings(model=args.model, prompts=args.prompts, steps=tuple(args.steps),
+                               guidance=tuple(args.guidance), free_form_seeds=args.free_form_seeds,
+                               device=args.device, only=tuple(args.only), compile_cache=args.compile_cache)
     console = Console()
     report = run_quality(settings, log=lambda line: console.print(line, highlight=False))
     out = args.out or RESULTS_DIR / f"quality-{args.model.replace('/', '_')}-{datetime.datetime.now():%Y%m%d-%H%M}"

@@ -8,18 +8,20 @@ from baton.bench.report import _machine_line, _pyplot, write_outputs
 
 SCORED = ("colour", "shape", "count")
 KIND_COLOURS = {"reference": "#7f7f7f", "baseline": "#bcbd22", "option": "#1f77b4", "sampler": "#9467bd",
-                "preset": "#d62728", "steps": "#2ca02c"}
+                "preset": "#d62728", "steps": "#2ca02c", "guidance": "#8c564b"}
+FREE_FORM = "free-form (all named)"
 
 
 def quality_markdown(report: dict) -> str:
     settings, machine = report["settings"], report["machine"]
     lines = [
-        f"### baton bench quality: `{settings['model']}`, {settings['prompts']} held-out prompts on "
+        f"### baton bench quality: `{settings['model']}`, {settings['prompts']} held-out template prompts on "
         f"{machine['device']} ({machine.get('gpu') or machine.get('cpu')})",
         "",
         f"Accuracy: the share of images in which the detector reads the prompt's attribute. Δ: percentage points "
-        f"against the reference. PSNR/SSIM: against the reference's image of the same prompt and seed. "
-        f"{settings['default_steps']} steps unless the row says otherwise. torch {machine['torch']}, diffusers "
+        f"against the reference. PSNR/SSIM: against the reference's image of the same prompt and seed (free-form "
+        f"images included). {settings['default_steps']} steps and the model's guidance scale unless the row says "
+        f"otherwise. torch {machine['torch']}, diffusers "
         f"{machine['diffusers']}; {machine['created']}; `{machine['command']}`",
         "",
         "| configuration | colour | shape | count | size | position | all three | Δ colour | Δ shape | Δ count "
@@ -45,10 +47,38 @@ def quality_markdown(report: dict) -> str:
             + " | ".join(_signed(delta.get(a)) for a in SCORED)
             + f" | {psnr} | {similarity} | {row['images_per_s']:.1f} |"
         )
+    lines += free_form_markdown(report)
     lines += ["", *(f"- {line}" for line in headline_checks(report))]
     if skipped:
         lines += ["", "Rows that do not apply here, with the engine's reason:", "", *skipped]
     return "\n".join(lines) + "\n"
+
+
+def free_form_markdown(report: dict) -> list[str]:
+    """The free-form table: per row, the share of images with every named attribute right, overall and per
+    style (empty when the run drew no free-form prompts)."""
+    rows = [r for r in report["results"] if r["status"] == "ok" and "free_form" in r]
+    if not rows:
+        return []
+    styles = [group for group in rows[0]["free_form"] if group != "overall"]
+    settings = report["settings"]
+    return [
+        "",
+        f"Free-form prompts ({settings['free_form_prompts']} prompts × {settings['free_form_seeds']} seeds, "
+        f"`baton.shapes.prompts`): the share of images with every attribute the prompt names right; in brackets, "
+        f"colour / shape / count where named.",
+        "",
+        "| configuration | overall | " + " | ".join(styles) + " |",
+        "|---|" + "---:|" * (len(styles) + 1),
+        *(f"| {row['config']} | {_free_form_cell(row['free_form']['overall'])} | "
+          + " | ".join(f"{100 * row['free_form'][style]['all named']:.1f}%" for style in styles) + " |"
+          for row in rows),
+    ]
+
+
+def _free_form_cell(shares: dict[str, float]) -> str:
+    parts = " / ".join(f"{100 * shares[a]:.0f}" for a in SCORED if a in shares)
+    return f"{100 * shares['all named']:.1f}% ({parts})"
 
 
 def headline_checks(report: dict) -> list[str]:
@@ -63,6 +93,11 @@ def headline_checks(report: dict) -> list[str]:
             value = reference["accuracy"][attribute]
             lines.append(f"reference {attribute} accuracy {value:.1%} (target {target:.0%}: "
                          f"{'met' if value >= target else 'NOT MET'})")
+        target = settings.get("free_form_target")
+        for group, shares in reference.get("free_form", {}).items():
+            value = shares["all named"]
+            lines.append(f"reference free-form {group}: every named attribute right in {value:.1%} "
+                         f"(target {target:.0%}: {'met' if value >= target else 'NOT MET'})")
     limit = settings["max_drop_points"]
     for row in rows:
         if row["gated"] and row["delta_points"] is not None:
@@ -83,10 +118,11 @@ def plot_quality(report: dict, path: Path) -> None:
     rows = [r for r in report["results"] if r["status"] == "ok"]
     figure, (bars_axis, steps_axis) = plt.subplots(
         1, 2, figsize=(14, 0.36 * len(rows) + 2.2), gridspec_kw={"width_ratios": [2.2, 1]})
-    height = 0.26
-    for offset, (attribute, colour) in enumerate(zip(SCORED, ("#1f77b4", "#ff7f0e", "#2ca02c"))):
-        bars_axis.barh([i + (offset - 1) * height for i in range(len(rows))],
-                       [100 * r["accuracy"][attribute] for r in rows], height=height, color=colour, label=attribute)
+    height = 0.2
+    for offset, (attribute, colour) in enumerate(zip((*SCORED, FREE_FORM),
+                                                     ("#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd"))):
+        bars_axis.barh([i + (offset - 1.5) * height for i in range(len(rows))],
+                       [100 * _share(r, attribute) for r in rows], height=height, color=colour, label=attribute)
     for target in report["settings"]["targets"].values():
         bars_axis.axvline(100 * target, color="#444444", linestyle=":", linewidth=0.8)
     bars_axis.set_yticks(range(len(rows)), [_label(r) for r in rows], fontsize=8)
@@ -96,8 +132,8 @@ def plot_quality(report: dict, path: Path) -> None:
     bars_axis.legend(loc="lower right", fontsize=8)
     default_steps = report["settings"]["default_steps"]
     by_steps = sorted((r for r in rows if r["kind"] in ("steps", "reference")), key=lambda r: r["steps"])
-    for attribute in SCORED:
-        steps_axis.plot([r["steps"] for r in by_steps], [100 * r["accuracy"][attribute] for r in by_steps],
+    for attribute in (*SCORED, FREE_FORM):
+        steps_axis.plot([r["steps"] for r in by_steps], [100 * _share(r, attribute) for r in by_steps],
                         marker="o", label=attribute)
     steps_axis.axvline(default_steps, color="#444444", linestyle=":", linewidth=0.8)
     steps_axis.set_xlabel(f"denoising steps (dotted: the default, {default_steps})")
@@ -105,7 +141,9 @@ def plot_quality(report: dict, path: Path) -> None:
     steps_axis.set_ylim(0, 100)
     steps_axis.legend(fontsize=8)
     settings = report["settings"]
-    figure.suptitle(f"{settings['model']}, {settings['prompts']} held-out prompts — {_machine_line(report)}",
+    figure.suptitle(f"{settings['model']}, {settings['prompts']} held-out template prompts and "
+                    f"{settings.get('free_form_prompts', 0)} free-form × {settings.get('free_form_seeds', 0)} seeds "
+                    f"— {_machine_line(report)}",
                     fontsize=8)
     figure.tight_layout()
     figure.savefig(path, dpi=120)
@@ -114,6 +152,13 @@ def plot_quality(report: dict, path: Path) -> None:
 
 def write_quality_outputs(report: dict, out_dir: Path) -> list[Path]:
     return write_outputs(report, out_dir, "quality", quality_markdown, plot_quality)
+
+
+def _share(row: dict, attribute: str) -> float:
+    """A template attribute's accuracy, or the free-form overall share (0 when the row drew none)."""
+    if attribute == FREE_FORM:
+        return row.get("free_form", {}).get("overall", {}).get("all named", 0.0)
+    return row["accuracy"][attribute]
 
 
 def _label(row: dict) -> str:
