@@ -93,11 +93,10 @@ def test_a_vae_that_upsamples_by_another_factor_is_refused(tmp_path):
 def test_tiny_means_the_models_own_trained_tiny_autoencoder(caplog):
     """``shapes`` ships one (4x, not the published 8x): it is what ``tiny`` loads, with no warning, and it draws
     the scene (read by the detector: colour and count, which it kept on every held-out prompt in the bench)."""
-    from baton.shapes.demo import DEMO_SCENES
     from baton.shapes.detector import read_scene, score
-    from baton.shapes.scenes import caption
+    from baton.shapes.scenes import Scene, caption
 
-    scene = DEMO_SCENES[0]
+    scene = Scene("red", "circle", "large", 1, "center")
     request = GenerationRequest(prompt=caption(scene), steps=30, seed=0, output_format="np")
     with caplog.at_level("WARNING", logger="baton.optim.apply"):
         result, described = generate(OptimizationConfig(vae="tiny"), "shapes", request)

@@ -23,7 +23,7 @@ ResponseFormat = Literal["b64_json", "url"]
 
 _NATIVE_EXAMPLES = [
     {"prompt": "one large red circle in the center on a black background", "steps": 20, "seed": 0},
-    {"prompt": "two small blue squares at the top left on a black background", "num_images": 2, "steps": 20,
+    {"prompt": "2 small blue squares, top left", "num_images": 2, "steps": 20,
      "width": 64, "height": 64, "scheduler": "euler", "output_format": "jpeg", "response_format": "url"},
 ]
 _FIELD_NOTES = {
@@ -79,7 +79,7 @@ class ImageGenerationRequest(BaseModel):
 
     model_config = ConfigDict(**STRICT, json_schema_extra={"examples": [
         {"prompt": "one large red circle in the center on a black background", "n": 1, "size": "64x64"},
-        {"prompt": "two small blue squares at the top left on a black background", "n": 2, "size": "auto",
+        {"prompt": "please draw two small blue squares at the top left", "n": 2, "size": "auto",
          "response_format": "url", "output_format": "webp"},
     ]})
 
