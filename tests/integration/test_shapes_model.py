@@ -8,14 +8,17 @@ import pytest
 from PIL import Image
 
 from baton import Engine, GenerationRequest, InvalidRequestError
-from baton.bench.quality import TARGETS, accuracy
+from baton.bench.quality import accuracy
 from baton.cli import main
 from baton.models import BUILTIN_MODELS
 from baton.models.registry import EMBEDDED_MODELS
 from baton.shapes import POSITIONS, Scene, caption, read_scene, sample_scenes
+from baton.shapes.demo import LABEL_HEIGHT
 from tests.conftest import assert_matches_reference
 
 SMALL_SET = 24  # held-out prompts: enough to tell a trained model from a broken one, a few seconds on a CPU
+SMALL_SET_BAR = {"colour": 0.9, "shape": 0.75, "count": 0.75, "position": 0.9}
+"""Below the bench's targets (``baton.bench.quality.TARGETS``), which 24 prompts measure too coarsely."""
 
 
 @pytest.fixture(scope="module")
@@ -45,8 +48,19 @@ def test_fixed_seed_held_out_prompts_score_above_the_bar(shapes_engine):
                enumerate(scenes)]
     pixels = np.concatenate([future.result().pixels for future in futures])
     shares = accuracy(scenes, pixels)["accuracy"]
-    for attribute, target in TARGETS.items():
+    for attribute, target in SMALL_SET_BAR.items():
         assert shares[attribute] >= target, shares
+
+
+@pytest.mark.parametrize(("prompt", "colour"), [("a blue square", "blue"), ("Magenta circle.", "magenta"),
+                                                ("please draw one red triangle", "red"),
+                                                ("at the top left, 2 big yellow dots", "yellow")])
+def test_typed_prompts_draw_their_colour(shapes_engine, prompt, colour):
+    # before the tokenizer and the varied captions: "a blue square" drew magenta, white, orange and yellow, and
+    # "Magenta circle." drew blue ("circle." was unknown, read as the end of the text)
+    futures = [shapes_engine.submit(prompt=prompt, seed=seed, output_format="np") for seed in range(4)]
+    read = [read_scene(future.result().pixels[0]).colour for future in futures]
+    assert read.count(colour) >= 3, read
 
 
 def test_the_position_words_place_the_objects(shapes_engine):
@@ -73,7 +87,7 @@ def test_demo_writes_one_grid_and_prints_the_stage_timings(tmp_path, capsys):
     assert main(["demo", "--out", str(tmp_path), "--steps", "8", "--device", "cpu"]) == 0
     printed = capsys.readouterr().out
     grid = Image.open(tmp_path / "shapes-grid.png")
-    assert grid.size == (4 * 256, 2 * (256 + 34))
+    assert grid.size == (4 * 256, 2 * (256 + LABEL_HEIGHT))
     for stage in ("text_encode", "denoise", "vae_decode"):
         assert stage in printed
     assert "8 images in" in printed and f"wrote {tmp_path / 'shapes-grid.png'}" in printed

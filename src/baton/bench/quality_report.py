@@ -123,13 +123,14 @@ def plot_quality(report: dict, path: Path) -> None:
                                                      ("#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd"))):
         bars_axis.barh([i + (offset - 1.5) * height for i in range(len(rows))],
                        [100 * _share(r, attribute) for r in rows], height=height, color=colour, label=attribute)
-    for target in report["settings"]["targets"].values():
+    targets = [*report["settings"]["targets"].values(), report["settings"].get("free_form_target")]
+    for target in (t for t in targets if t is not None):
         bars_axis.axvline(100 * target, color="#444444", linestyle=":", linewidth=0.8)
     bars_axis.set_yticks(range(len(rows)), [_label(r) for r in rows], fontsize=8)
     bars_axis.invert_yaxis()
     bars_axis.set_xlim(0, 100)
     bars_axis.set_xlabel("prompt accuracy (%); dotted: the targets")
-    bars_axis.legend(loc="lower right", fontsize=8)
+    bars_axis.legend(loc="upper center", bbox_to_anchor=(0.5, -0.08), ncol=4, fontsize=8)  # off the bars
     default_steps = report["settings"]["default_steps"]
     by_steps = sorted((r for r in rows if r["kind"] in ("steps", "reference")), key=lambda r: r["steps"])
     for attribute in (*SCORED, FREE_FORM):

@@ -78,6 +78,7 @@ def adopt_tokenizer(pipe: StableDiffusionPipeline) -> list[str]:
 
     tokenizer = shapes_tokenizer()
     if pipe.tokenizer.get_vocab() == tokenizer.get_vocab() and pipe.tokenizer.model_max_length == MAX_TOKENS:
+        pipe.register_modules(tokenizer=tokenizer)  # the same vocabulary, saved without a loader's settings
         return []
     old_vocab, old = pipe.tokenizer.get_vocab(), pipe.text_encoder
     new = build_text_encoder(tokenizer).to(old.device, old.dtype)

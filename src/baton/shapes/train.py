@@ -6,11 +6,10 @@
 3. The UNet and the text encoder learn to predict v on a zero-terminal-SNR schedule (``baton.shapes.model``
    says why), given a caption built afresh for each sample (``baton.shapes.captions``: attributes left out,
    phrases reordered, synonyms and filler, so typed prompts work; dropped 10% of the time, for classifier-free
-   guidance), for a time budget. Three
-   standard tricks make the most of a CPU's few thousand steps: Min-SNR-5 loss weights (Hang et al. 2023: the
-   nearly clean steps stop dominating) with a floor for the noisiest ones, a learning rate that warms up then
-   decays along a cosine over the budget, and an exponential moving average of the weights, which is what gets
-   saved.
+   guidance), for a time budget. Three standard tricks make the most of a CPU's few thousand steps: Min-SNR-5
+   loss weights (Hang et al. 2023: the nearly clean steps stop dominating) with a floor for the noisiest ones, a
+   learning rate that warms up then decays along a cosine over the budget, and an exponential moving average of
+   the weights, which is what gets saved.
 4. A tiny autoencoder (``AutoencoderTiny``, the TAESD design at this model's 4x upsampling) learns to decode
    the UNet's latents as the VAE does (and to encode images to them): what ``--vae tiny`` and the
    ``max-throughput`` preset decode with. It is saved in the folder's ``vae_tiny``.
@@ -145,13 +144,20 @@ def _save(pipe, tiny_vae: AutoencoderTiny | None, resumed: Path | None, out_dir:
     defaults, in ``out_dir``."""
     out_dir.mkdir(parents=True, exist_ok=True)
     pipe.to("cpu", torch.float16).save_pretrained(out_dir, safe_serialization=True)
+    for config in [out_dir / "model_index.json", *out_dir.glob("*/config.json")]:
+        # a resumed pipeline's configs name the folder it was loaded from, a path on the training machine
+        values = json.loads(config.read_text())
+        if values.pop("_name_or_path", None) is not None:
+            config.write_text(json.dumps(values, indent=2, sort_keys=True) + "\n")
     if tiny_vae is not None:
         _save_tiny_vae(tiny_vae, out_dir)
     elif resumed is not None and (resumed / TINY_VAE_SUBFOLDER).is_dir() and resumed.resolve() != out_dir.resolve():
         shutil.copytree(resumed / TINY_VAE_SUBFOLDER, out_dir / TINY_VAE_SUBFOLDER, dirs_exist_ok=True)
     (out_dir / "training.json").write_text(json.dumps(record, indent=2) + "\n")
     defaults_path = out_dir / SERVING_DEFAULTS_FILE
-    defaults = json.loads(defaults_path.read_text()) if defaults_path.is_file() else {}
+    kept = next((path for path in (defaults_path, resumed and resumed / SERVING_DEFAULTS_FILE)
+                 if path and path.is_file()), None)  # the serving defaults carry over, the guidance is this recipe's
+    defaults = json.loads(kept.read_text()) if kept else {}
     defaults["guidance_scale"] = SERVING_GUIDANCE
     defaults_path.write_text(json.dumps(defaults) + "\n")
 
