@@ -227,7 +227,7 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--scenes", type=int, default=20_000, help="training scenes encoded to latents")
     train.add_argument("--eval-prompts", type=int, default=64, help="held-out template captions scored at the end")
     train.add_argument("--eval-free-form", type=int, default=66,
-                       help="free-form prompts scored at the end (the first N of baton.shapes.prompts' 66)")
+                       help="free-form prompts scored at the end (N of the 66, spread over the styles)")
     train.add_argument("--seed", type=int, default=0)
     train.set_defaults(handler=_train_shapes)
 

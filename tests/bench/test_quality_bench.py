@@ -15,8 +15,8 @@ from baton.shapes.prompts import FREE_FORM_PROMPTS, FREE_FORM_STYLES
 
 def test_the_bench_scores_each_row_against_the_reference(tmp_path):
     code = main(["bench", "quality", "--prompts", "6", "--steps", "4", "--guidance", "3", "--free-form-seeds", "1",
-                 "--device", "cpu", "--only", "stacked,fp16,bf16 VAE,sampler euler,4 steps,guidance",
-                 "--out", str(tmp_path)])
+                 "--free-form-prompts", "6", "--device", "cpu",
+                 "--only", "stacked,fp16,bf16 VAE,sampler euler,4 steps,guidance", "--out", str(tmp_path)])
     assert code == 0
     report = json.loads((tmp_path / "quality.json").read_text())
     rows = {row["config"]: row for row in report["results"]}

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import base64
 import io
-import itertools
 import json
 import os
 import shutil
@@ -21,13 +20,16 @@ from PIL import Image
 
 from baton.config import EngineConfig
 from baton.server import ServerConfig
-from baton.shapes.detector import read_scene, score
-from baton.shapes.scenes import COLOURS, COUNTS, POSITIONS, SHAPES, SIZES, Scene, caption
+from baton.shapes.detector import read_scene
+from baton.shapes.prompts import FreeFormPrompt, score_named
 from tests.e2e.conftest import running_server
 
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
 KEY = "play-key"
 SHAPES_ENGINE = EngineConfig(models=("shapes",), device="cpu")
+EXAMPLE = FreeFormPrompt("short", "two big yellow circles at the top right", colour="yellow", shape="circle",
+                         size="large", count=2, position="top right")
+"""The shapes model's ``example_prompt`` (its baton.json), with the attributes it names."""
 MODELS_LISTED = "document.getElementById('model').options.length > 0"
 
 
@@ -65,13 +67,6 @@ def browser(chromium):
             browser.close()
 
 
-def _shapes_captions() -> dict[str, Scene]:
-    """Every caption the shapes model's training grammar produces, and its scene."""
-    scenes = (Scene(colour, shape, size, count, position)
-              for colour, shape, size, count, position in itertools.product(COLOURS, SHAPES, SIZES, COUNTS, POSITIONS))
-    return {caption(scene): scene for scene in scenes}
-
-
 def _shot(page, name: str) -> None:
     ARTIFACTS.mkdir(exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / name), full_page=True)
@@ -101,11 +96,9 @@ def test_generate_from_the_playground(server, browser):
     assert page.locator("#auth").is_hidden()
     assert page.input_value("#model") == "shapes"
 
-    # 3. the default prompt is a training caption of the model (its grammar, not a held-out combination)
+    # 3. the default prompt is the model's example (baton.json): a prompt as people type it
     prompt = page.input_value("#prompt")
-    scene = _shapes_captions().get(prompt)
-    assert scene is not None, f"the default prompt {prompt!r} is not a caption the shapes model learnt"
-    assert not scene.held_out
+    assert prompt == EXAMPLE.text
 
     # 4. two images of one request, seed fixed, the model's default size (64x64)
     page.fill("#count", "2")
@@ -138,9 +131,9 @@ def test_generate_from_the_playground(server, browser):
     for (_, pixels), expected in zip(shown, again):
         np.testing.assert_array_equal(pixels, expected)
 
-    # 6. and the model draws the default prompt: the detector reads every attribute back from both images
+    # 6. and the model draws the default prompt: the detector reads every attribute it names from both images
     for _, pixels in shown:
-        assert score(scene, read_scene(pixels)) == dict.fromkeys(("colour", "shape", "count", "size", "position"), True)
+        assert score_named(EXAMPLE, read_scene(pixels)) == dict.fromkeys(EXAMPLE.named, True)
 
     # the live panel reads the server's throughput once a second: it shows the images just made at its next read
     page.wait_for_function("parseFloat(document.getElementById('live-rate').textContent) > 0", timeout=10_000)

@@ -10,7 +10,14 @@ import pytest
 
 from baton.shapes.captions import DROP_CHANCE, compose, varied_caption
 from baton.shapes.detector import read_scene
-from baton.shapes.prompts import FREE_FORM_PROMPTS, FREE_FORM_STYLES, SEVERAL, free_form_accuracy, score_named
+from baton.shapes.prompts import (
+    FREE_FORM_PROMPTS,
+    FREE_FORM_STYLES,
+    SEVERAL,
+    free_form_accuracy,
+    free_form_subset,
+    score_named,
+)
 from baton.shapes.scenes import COLOURS, SHAPES, Scene, caption, render, sample_scenes
 from baton.shapes.tokenizer import ALIASES, MAX_TOKENS, UNK_TOKEN, WORDS, shapes_tokenizer
 
@@ -103,6 +110,12 @@ def test_the_free_form_set_covers_every_style_colour_and_shape(tokenizer):
     assert not any(p.text == caption(Scene(p.colour or "red", p.shape or "circle", p.size or "small",
                                            p.count if isinstance(p.count, int) else 2, p.position or "center"))
                    for p in FREE_FORM_PROMPTS)  # none is a template caption
+
+
+def test_a_subset_spreads_over_the_styles():
+    assert [p.style for p in free_form_subset(6)] == list(FREE_FORM_STYLES)
+    assert len(free_form_subset(20)) == 20 == len(set(free_form_subset(20)))
+    assert free_form_subset(100) == FREE_FORM_PROMPTS
 
 
 def test_only_the_named_attributes_are_scored():

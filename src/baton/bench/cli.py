@@ -141,6 +141,8 @@ def add_bench_parser(commands: argparse._SubParsersAction, size_type) -> None:
                          help="guidance scales measured besides the model's default, e.g. 1,3 (empty: none)")
     quality.add_argument("--free-form-seeds", type=int, default=4,
                          help="seeds per free-form prompt (0: template prompts only)")
+    quality.add_argument("--free-form-prompts", type=int, default=66,
+                         help="free-form prompts drawn, spread over the six styles (default: all 66)")
     quality.add_argument("--device", default="auto")
     quality.add_argument("--only", type=_names, default="",
                          help="comma-separated parts of row names to run (the reference always runs)")
@@ -278,6 +280,7 @@ def _quality(args: argparse.Namespace) -> int:
 
     settings = QualitySettings(model=args.model, prompts=args.prompts, steps=tuple(args.steps),
                                guidance=tuple(args.guidance), free_form_seeds=args.free_form_seeds,
+                               free_form_prompts=args.free_form_prompts,
                                device=args.device, only=tuple(args.only), compile_cache=args.compile_cache)
     console = Console()
     report = run_quality(settings, log=lambda line: console.print(line, highlight=False))

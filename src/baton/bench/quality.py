@@ -39,7 +39,7 @@ from baton.bench.optimizations import preset_configs
 from baton.config import CompileConfig, EngineConfig, OptimizationConfig, PromptCacheConfig
 from baton.request import DEFAULT_STEPS
 from baton.shapes.detector import accuracy as detector_accuracy
-from baton.shapes.prompts import FREE_FORM_PROMPTS, FreeFormPrompt, free_form_accuracy
+from baton.shapes.prompts import FREE_FORM_PROMPTS, FreeFormPrompt, free_form_accuracy, free_form_subset
 from baton.shapes.scenes import Scene, caption, sample_scenes
 
 logger = logging.getLogger(__name__)
@@ -66,6 +66,8 @@ class QualitySettings:
     """Guidance scales measured besides the model's default (the reference configuration at each)."""
     free_form_seeds: int = 4
     """Seeds per free-form prompt (0: the template set only)."""
+    free_form_prompts: int = len(FREE_FORM_PROMPTS)
+    """How many free-form prompts, spread over the styles (``baton.shapes.prompts.free_form_subset``)."""
     device: str = "auto"
     seed: int = 0
     only: tuple[str, ...] = ()
@@ -82,6 +84,9 @@ class QualitySettings:
             raise ValueError(f"`guidance` must all be >= 1.0, got {self.guidance!r}")
         if self.free_form_seeds < 0:
             raise ValueError(f"`free_form_seeds` must be >= 0, got {self.free_form_seeds!r}")
+        if not 1 <= self.free_form_prompts <= len(FREE_FORM_PROMPTS):
+            raise ValueError(f"`free_form_prompts` must be between 1 and {len(FREE_FORM_PROMPTS)}, got "
+                             f"{self.free_form_prompts!r}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,7 +109,7 @@ def quality_prompts(settings: QualitySettings) -> list[Scene]:
 def free_form_prompts(settings: QualitySettings) -> list[FreeFormPrompt]:
     """Each free-form prompt ``free_form_seeds`` times (drawn after the template prompts, with the seeds that
     follow theirs)."""
-    return [prompt for prompt in FREE_FORM_PROMPTS for _ in range(settings.free_form_seeds)]
+    return [prompt for prompt in free_form_subset(settings.free_form_prompts) for _ in range(settings.free_form_seeds)]
 
 
 def row_prompts(settings: QualitySettings) -> list[str]:
@@ -197,7 +202,7 @@ def run_quality(settings: QualitySettings, log=logger.info) -> dict:
         "benchmark": "quality",
         "settings": {**asdict(settings), "default_steps": DEFAULT_STEPS, "prompt_seed": PROMPT_SEED,
                      "targets": TARGETS, "free_form_target": FREE_FORM_TARGET,
-                     "free_form_prompts": len(FREE_FORM_PROMPTS), "max_drop_points": MAX_DROP_POINTS,
+                     "max_drop_points": MAX_DROP_POINTS,
                      "device": str(device)},
         "machine": describe_machine(str(device)),
         "results": results,

@@ -156,6 +156,15 @@ FREE_FORM_PROMPTS: tuple[FreeFormPrompt, ...] = tuple([
 FREE_FORM_STYLES: tuple[str, ...] = tuple(dict.fromkeys(p.style for p in FREE_FORM_PROMPTS))
 
 
+def free_form_subset(count: int) -> tuple[FreeFormPrompt, ...]:
+    """``count`` free-form prompts spread evenly over the set (the set is in style order, so 6 gives one per
+    style), for quick checks; all of them when ``count`` is at least the set's size."""
+    total = len(FREE_FORM_PROMPTS)
+    if count >= total:
+        return FREE_FORM_PROMPTS
+    return tuple(FREE_FORM_PROMPTS[i * total // count] for i in range(count))
+
+
 def score_named(prompt: FreeFormPrompt, reading: Reading) -> dict[str, bool]:
     """For each attribute the prompt names, whether the reading shows it."""
     checks = {}

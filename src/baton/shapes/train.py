@@ -48,7 +48,7 @@ from baton.request import DEFAULT_STEPS
 from baton.shapes.captions import varied_caption
 from baton.shapes.detector import ATTRIBUTES, accuracy
 from baton.shapes.model import adopt_tokenizer, build_pipeline, training_scheduler
-from baton.shapes.prompts import FREE_FORM_PROMPTS, free_form_accuracy
+from baton.shapes.prompts import FREE_FORM_PROMPTS, free_form_accuracy, free_form_subset
 from baton.shapes.scenes import caption, render, sample_scenes
 
 logger = logging.getLogger(__name__)
@@ -113,7 +113,7 @@ def train_shapes(out_dir: Path, vae_minutes: float = 7.0, unet_minutes: float = 
     else:
         tiny_vae, record["tiny_vae"] = None, record["resumed_from"].get("tiny_vae")
     record["eval"] = evaluate(pipe, sample_scenes(eval_prompts, seed=7, held_out=True))
-    record["eval_free_form"] = evaluate_free_form(pipe, FREE_FORM_PROMPTS[:eval_free_form])
+    record["eval_free_form"] = evaluate_free_form(pipe, free_form_subset(eval_free_form))
     record["eval_settings"] = {"steps": DEFAULT_STEPS, "guidance": SERVING_GUIDANCE, "prompts": eval_prompts,
                                "free_form_prompts": min(eval_free_form, len(FREE_FORM_PROMPTS))}
     record["train_seconds"] = round(time.perf_counter() - started, 1)
