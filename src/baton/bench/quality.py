@@ -93,7 +93,7 @@ class QualitySettings:
 class Row:
     name: str
     config: EngineConfig
-    kind: str  # "reference", "baseline", "option", "sampler", "preset", "steps"
+    kind: str  # "reference", "baseline", "option", "sampler", "preset", "steps", "guidance"
     steps: int = DEFAULT_STEPS
     scheduler: str = "default"
     guidance: float | None = None
@@ -202,8 +202,7 @@ def run_quality(settings: QualitySettings, log=logger.info) -> dict:
         "benchmark": "quality",
         "settings": {**asdict(settings), "default_steps": DEFAULT_STEPS, "prompt_seed": PROMPT_SEED,
                      "targets": TARGETS, "free_form_target": FREE_FORM_TARGET,
-                     "max_drop_points": MAX_DROP_POINTS,
-                     "device": str(device)},
+                     "max_drop_points": MAX_DROP_POINTS, "device": str(device)},
         "machine": describe_machine(str(device)),
         "results": results,
         "torch": torch.__version__,
