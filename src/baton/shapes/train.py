@@ -326,11 +326,7 @@ def _set_learning_rates(optimizer, step: int, progress: float) -> None:
 
 def evaluate(pipe, scenes, steps: int = DEFAULT_STEPS, guidance: float = SERVING_GUIDANCE) -> dict[str, float]:
     """Share of held-out captions whose image shows each attribute (read by the detector)."""
-    images = np.concatenate([
-        pipe([caption(s) for s in scenes[i : i + 16]], num_inference_steps=steps, guidance_scale=guidance, height=64,
-             width=64, output_type="np", generator=torch.Generator().manual_seed(i)).images
-        for i in range(0, len(scenes), 16)
-    ])
+    images = _draw(pipe, [caption(scene) for scene in scenes], steps, guidance)
     return _rounded(accuracy(scenes, images))
 
 
@@ -339,12 +335,17 @@ def evaluate_free_form(pipe, prompts=FREE_FORM_PROMPTS, steps: int = DEFAULT_STE
     """Per style and overall, the share of free-form prompts (one seed each) with every named attribute right, and
     per attribute (``baton.shapes.prompts.free_form_accuracy``)."""
     prompts = list(prompts)
-    images = np.concatenate([
-        pipe([p.text for p in prompts[i : i + 16]], num_inference_steps=steps, guidance_scale=guidance, height=64,
-             width=64, output_type="np", generator=torch.Generator().manual_seed(i)).images
-        for i in range(0, len(prompts), 16)
-    ])
+    images = _draw(pipe, [prompt.text for prompt in prompts], steps, guidance)
     return {group: _rounded_all(shares) for group, shares in free_form_accuracy(prompts, images).items()}
+
+
+def _draw(pipe, texts: list[str], steps: int, guidance: float) -> np.ndarray:
+    """The 64x64 images of ``texts`` as float pixels, 16 prompts per call, each call seeded by its first index."""
+    return np.concatenate([
+        pipe(texts[i : i + 16], num_inference_steps=steps, guidance_scale=guidance, height=64, width=64,
+             output_type="np", generator=torch.Generator().manual_seed(i)).images
+        for i in range(0, len(texts), 16)
+    ])
 
 
 def _rounded_all(shares: dict[str, float]) -> dict[str, float]:
