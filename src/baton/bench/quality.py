@@ -118,8 +118,8 @@ def row_prompts(settings: QualitySettings) -> list[str]:
 
 
 def quality_rows(settings: QualitySettings, device_type: str) -> list[Row]:
-    prompts = [caption(scene) for scene in quality_prompts(settings)]
-    drawn = len(row_prompts(settings))
+    prompts = row_prompts(settings)
+    drawn = len(prompts)
     # every prompt is submitted at once: admission must take them all (native size, at the most steps of any row)
     most_steps = max((DEFAULT_STEPS, *settings.steps))
     base = EngineConfig(models=(settings.model,), device=settings.device, dtype="float32",
@@ -143,7 +143,8 @@ def quality_rows(settings: QualitySettings, device_type: str) -> list[Row]:
         row("bf16 VAE", dataclasses.replace(plain, vae_dtype="bfloat16")),
         row("compile", dataclasses.replace(plain, compile=compiled), gated=True),
         row("prompt cache (every prompt precomputed)", dataclasses.replace(
-            plain, prompt_cache=PromptCacheConfig(max_bytes=64 * 2**20, precompute=tuple(prompts))), gated=True),
+            plain, prompt_cache=PromptCacheConfig(max_bytes=64 * 2**20, precompute=tuple(dict.fromkeys(prompts)))),
+            gated=True),
         row("classic attention", dataclasses.replace(plain, attention="classic")),
         row("fused QKV", dataclasses.replace(plain, fuse_qkv=True)),
         row("channels_last", dataclasses.replace(plain, channels_last=True)),
