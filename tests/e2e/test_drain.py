@@ -6,6 +6,7 @@ from __future__ import annotations
 import signal
 import time
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 
 import httpx
 
@@ -78,12 +79,20 @@ def test_while_draining_the_listener_answers_503_with_retry_after_and_readiness_
     assert "draining: new work gets 503" in server.output
 
 
-def test_a_hung_step_is_failed_after_the_drain_timeout_and_its_client_gets_an_error():
-    with serve_process("--drain-timeout", "2", slow_side=96, slow_s=-1) as server, ThreadPoolExecutor(1) as pool:
-        url = server.url
-        hung = pool.submit(httpx.post, f"{url}/v1/generate", json=SLOW, timeout=60)
-        wait_for(lambda: admitted(url), 10, "the request was not admitted")
+@contextmanager
+def draining_with_a_hung_request(drain_timeout_s: int):
+    """A server whose one request hangs in its step (it never returns), sent SIGTERM once that request was
+    admitted: yields the server and the hung request's future."""
+    with serve_process("--drain-timeout", str(drain_timeout_s), slow_side=96, slow_s=-1) as server, \
+            ThreadPoolExecutor(1) as pool:
+        hung = pool.submit(httpx.post, f"{server.url}/v1/generate", json=SLOW, timeout=60)
+        wait_for(lambda: admitted(server.url), 10, "the request was not admitted")
         server.process.send_signal(signal.SIGTERM)
+        yield server, hung
+
+
+def test_a_hung_step_is_failed_after_the_drain_timeout_and_its_client_gets_an_error():
+    with draining_with_a_hung_request(2) as (server, hung):
         # 2 s of drain, ABORT_TIMEOUT_S for the workers to stop (they don't: the step never returns), the shutdown
         took = exits_within(server.process, 2 + ABORT_TIMEOUT_S + CLOSE_CONNECTIONS_S + 3)
         response = hung.result()  # an answer, not a dropped connection
@@ -94,11 +103,7 @@ def test_a_hung_step_is_failed_after_the_drain_timeout_and_its_client_gets_an_er
 
 
 def test_a_second_signal_ends_the_drain_at_once():
-    with serve_process("--drain-timeout", "60", slow_side=96, slow_s=-1) as server, ThreadPoolExecutor(1) as pool:
-        url = server.url
-        hung = pool.submit(httpx.post, f"{url}/v1/generate", json=SLOW, timeout=60)
-        wait_for(lambda: admitted(url), 10, "the request was not admitted")
-        server.process.send_signal(signal.SIGTERM)
+    with draining_with_a_hung_request(60) as (server, hung):
         time.sleep(0.5)
         assert server.process.poll() is None  # a 60 s drain
         server.process.send_signal(signal.SIGTERM)
