@@ -10,42 +10,30 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import os
 import secrets
 import sys
 import threading
 import time
 import uuid
 from concurrent.futures import Future
-from dataclasses import dataclass
 from typing import Any
 
 from baton.config import EngineConfig
 from baton.device import resolve_device, resolve_dtype
 from baton.errors import EngineClosedError, EngineDeadError, QueueFullError
 from baton.executors import Executor, StackedExecutor, StagedExecutor
-from baton.models import SCHEDULER_NAMES, ModelRunner, load_model
+from baton.models import ModelRunner, load_model
 from baton.optim import apply_optimizations, check_optimizations
-from baton.request import DEFAULT_STEPS, GenerationRequest, GenerationResult, pixel_steps, validate_request
-from baton.stages import Job, PreviewCallback, ProgressCallback
+from baton.protocol import EngineHealth, PreviewCallback, ProgressCallback, RequestEvents, cancel_future
+from baton.request import DEFAULT_STEPS, GenerationRequest, GenerationResult, pixel_steps
+from baton.resolver import ModelSpec, RequestResolver
+from baton.stages import Job
 
 logger = logging.getLogger(__name__)
 
 _SEED_RANGE = 2**31  # drawn seeds stay small enough to type back in
 DEAD_SHUTDOWN_TIMEOUT_S = 10.0
-
-
-@dataclass(frozen=True, slots=True)
-class EngineHealth:
-    """What the watchdog reads (:meth:`Engine.health`)."""
-
-    pending: int
-    """Requests admitted and not settled."""
-    stalled_s: float
-    """How long the engine has been stuck: the age of the longest piece of work still running (a denoising step,
-    a batch; also one left running for a request that timed out), or, while requests wait, the time since any
-    worker last finished anything. 0 when idle or moving."""
-    dead: bool
-    """A worker died: the engine serves nothing more."""
 
 
 class Engine:
@@ -93,6 +81,9 @@ class Engine:
         self.max_sizes = {name: self.config.limits.max_size_for(name, runner.default_size, runner.max_size)
                           for name, runner in self.runners.items()}
         """The largest width or height each model takes (``RequestLimits.max_size``)."""
+        self.resolver = RequestResolver(self.config.limits, {
+            name: _model_spec(name, runner, self.max_sizes[name]) for name, runner in self.runners.items()})
+        """Defaults and checks of requests (:meth:`resolve`); plain data, also used by servers and routers."""
         self.max_queued_pixel_steps = self.config.max_queued_pixel_steps or (
             128 * max(runner.default_size for runner in self.runners.values()) ** 2 * DEFAULT_STEPS)
 
@@ -118,6 +109,7 @@ class Engine:
         self,
         request: GenerationRequest | None = None,
         /,
+        events: RequestEvents | None = None,
         *,
         progress: ProgressCallback | None = None,
         preview: PreviewCallback | None = None,
@@ -129,11 +121,14 @@ class Engine:
         Pass a :class:`GenerationRequest`, or its fields as keywords (``prompt=...``, ``steps=...``). Invalid
         requests raise :class:`~baton.InvalidRequestError` here, before any work; a full engine raises
         :class:`~baton.QueueFullError`. Cancelling the future drops the request's remaining work at the next step.
-        ``progress(steps_done, steps_total)`` and, every ``preview_every`` steps, ``preview(steps_done,
-        steps_total, rgb)`` are called from the denoising thread (in both modes); they must be quick.
+        ``events`` (or, for short, ``progress``, ``preview`` and ``preview_every``): ``progress(steps_done,
+        steps_total)`` and, every ``preview_every`` steps, ``preview(steps_done, steps_total, rgb)`` are called
+        from the denoising thread (in both modes); they must be quick.
         """
-        if preview is not None and preview_every < 1:
-            raise ValueError(f"`preview_every` must be >= 1 when a preview callback is given, got {preview_every!r}")
+        if events is None:
+            events = RequestEvents(progress, preview, preview_every)  # checks preview_every
+        elif progress is not None or preview is not None:
+            raise ValueError("pass the callbacks in `events` or as keywords, not both")
         # 1. the engine must be able to take it
         if self._dead is not None:
             raise EngineDeadError(f"the engine is dead: {self._dead!r}")
@@ -151,9 +146,9 @@ class Engine:
             request_id=uuid.uuid4().hex,
             seed=request.seed if request.seed is not None else secrets.randbelow(_SEED_RANGE),
             submitted_at=time.perf_counter(),
-            progress=progress,
-            preview=preview,
-            preview_every=preview_every,
+            progress=events.progress,
+            preview=events.preview,
+            preview_every=events.preview_every,
             warnings=self.prompt_warnings(request),
         )
         work = pixel_steps(request)
@@ -182,6 +177,8 @@ class Engine:
             error = QueueFullError("the engine's first stage queue is full (`stage_queue_size`); retry later")
             job.fail(error)
             raise error
+        if events.accepted is not None:
+            events.accepted(job.warnings)
         return future
 
     def generate(
@@ -196,34 +193,11 @@ class Engine:
 
     def resolve(self, request: GenerationRequest | None = None, /, **fields: Any) -> GenerationRequest:
         """The request with the model's defaults filled in, validated. Raises on bad input, does no model work."""
-        if request is None:
-            try:
-                request = GenerationRequest(**fields)
-            except TypeError as exc:
-                known = [f.name for f in dataclasses.fields(GenerationRequest)]
-                raise TypeError(f"{exc}; request fields are {known}") from None
-        elif fields:
-            request = dataclasses.replace(request, **fields)
-        model = request.model if request.model is not None else self.default_model
-        runner = self.runners.get(model) if isinstance(model, str) else None
-        if runner is not None:
-            request = dataclasses.replace(
-                request,
-                model=model,
-                width=runner.default_size if request.width is None else request.width,
-                height=runner.default_size if request.height is None else request.height,
-                guidance_scale=(
-                    runner.default_guidance_scale if request.guidance_scale is None else request.guidance_scale
-                ),
-            )
-        if runner is None:
-            validate_request(request, self.config.limits, tuple(self.runners), SCHEDULER_NAMES)
-        else:
-            schedulers = runner.schedulers
-            max_steps = schedulers.max_steps(request.scheduler) if request.scheduler in schedulers.names else None
-            validate_request(request, self.config.limits, tuple(self.runners), schedulers.names,
-                             schedulers.unsupported, max_steps, self.max_sizes[model])
-        return request
+        return self.resolver.resolve(request, **fields)
+
+    def cancel(self, future: Future) -> bool:
+        """Drop a submitted request's remaining work at its next step (``True`` for the call that did)."""
+        return cancel_future(future)
 
     def prompt_warnings(self, request: GenerationRequest) -> list[str]:
         """A line for each prompt of the resolved ``request`` that is longer than its model's text encoder reads
@@ -249,6 +223,11 @@ class Engine:
     @property
     def closed(self) -> bool:
         return self._closed
+
+    @property
+    def ready(self) -> bool:
+        """It takes new work: open and alive (an engine is built loaded; there is no loading state)."""
+        return not self._closed and self._dead is None
 
     @property
     def dead(self) -> bool:
@@ -280,6 +259,9 @@ class Engine:
             "queued_pixel_steps": work,
             "queued": queued,
             "denoising": denoiser.running if denoiser is not None else None,
+            "prompt_cache": {name: runner.prompt_cache.stats() for name, runner in self.runners.items()
+                             if runner.prompt_cache is not None},
+            "memory": {"device": str(self.device), "bytes": memory_bytes(self.device)},
         }
 
     def describe(self) -> dict[str, Any]:
@@ -366,6 +348,30 @@ class Engine:
         self._abort.set()
         self._fail_all(EngineDeadError(f"worker `{worker}` died: {exc!r}"))
         self._release_switch_interval()
+
+
+def _model_spec(name: str, runner: ModelRunner, max_size: int) -> ModelSpec:
+    schedulers = runner.schedulers
+    limited = {sampler: schedulers.max_steps(sampler) for sampler in schedulers.names}
+    return ModelSpec(name=name, default_size=runner.default_size,
+                     default_guidance_scale=runner.default_guidance_scale, max_size=max_size,
+                     schedulers=schedulers.names, unsupported_schedulers=dict(schedulers.unsupported),
+                     sampler_max_steps={sampler: steps for sampler, steps in limited.items() if steps is not None})
+
+
+def memory_bytes(device) -> float:
+    """Memory in use on ``device``: CUDA, allocated by torch; a CPU, this process's resident set."""
+    if device.type == "cuda":
+        import torch
+
+        return float(torch.cuda.memory_allocated(device))
+    try:
+        with open("/proc/self/statm") as statm:  # Linux: resident pages are the second field
+            return float(int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE"))
+    except OSError:  # no /proc: the peak is the best the standard library offers
+        import resource
+
+        return float(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
 
 
 class _SwitchIntervalLease:

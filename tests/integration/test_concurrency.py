@@ -74,8 +74,11 @@ def test_progress_callback_reports_every_step_and_a_raising_one_is_ignored(sd15_
 def test_previews_arrive_every_k_steps_and_stats_count_what_is_in_flight():
     previews = []
     with Engine(models="tiny-sdxl", device="cpu") as engine:
-        assert engine.stats() == {"pending": 0, "queued_pixel_steps": 0, "queued": {"denoise": 0, "image_encode": 0},
-                                  "denoising": 0}
+        stats = engine.stats()
+        assert stats["memory"]["device"] == "cpu" and stats["memory"]["bytes"] > 1e7
+        assert {key: value for key, value in stats.items() if key != "memory"} == {
+            "pending": 0, "queued_pixel_steps": 0, "queued": {"denoise": 0, "image_encode": 0}, "denoising": 0,
+            "prompt_cache": {}}
         result = engine.submit(prompt="a fox", steps=7, width=64, height=64, num_images=2, seed=1,
                                preview=lambda done, total, rgb: previews.append((done, total, rgb)),
                                preview_every=3).result(60)

@@ -8,7 +8,7 @@ import pytest
 
 from baton import Engine, EngineClosedError, EngineDeadError, QueueFullError, StageError
 from baton.config import DenoiseConfig
-from baton.engine import EngineHealth
+from baton.protocol import EngineHealth
 from tests.conftest import batching_engine
 
 

@@ -17,6 +17,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from baton.config import EngineConfig
 from baton.engine import Engine
+from baton.protocol import EngineClient
 from baton.server.auth import require_api_key
 from baton.server.connections import BodyTimeout
 from baton.server.docs import install_docs
@@ -33,8 +34,12 @@ logger = logging.getLogger(__name__)
 
 
 def create_app(engine_config: EngineConfig, config: ServerConfig | None = None,
-               engine_factory: Callable[[EngineConfig], Engine] = Engine) -> FastAPI:
-    """The app; the engine is built from ``engine_config`` in the background once the app starts."""
+               engine_factory: Callable[[EngineConfig], EngineClient] = Engine) -> FastAPI:
+    """The app; the engine is built from ``engine_config`` in the background once the app starts.
+
+    ``engine_factory``: what serves the requests, built from ``engine_config``: the in-process :class:`Engine`,
+    or a :class:`~baton.cluster.Router` over engine processes (``baton serve --devices``); anything that
+    implements :class:`~baton.protocol.EngineClient`."""
     config = config or ServerConfig()
     metrics = ServerMetrics(lambda: state.engine)  # read at scrape time, when `state` exists
     state = ServerState(config, ImageStore(config.image_ttl_s, config.image_store_bytes), metrics)
@@ -65,9 +70,10 @@ def create_app(engine_config: EngineConfig, config: ServerConfig | None = None,
         engine = state.engine
         if engine is None:
             return with_engine_limits(schema, engine_config.limits, engine_config.limits.max_size)
-        samplers = {name for runner in engine.runners.values() for name in runner.schedulers.names}
-        app.openapi_schema = with_engine_limits(schema, engine_config.limits, max(engine.max_sizes.values()),
-                                                {"model": list(engine.runners), "scheduler": sorted(samplers)})
+        models = engine.resolver.models
+        samplers = {name for spec in models.values() for name in spec.schedulers}
+        app.openapi_schema = with_engine_limits(schema, engine_config.limits, max(engine.resolver.max_sizes.values()),
+                                                {"model": list(models), "scheduler": sorted(samplers)})
         return app.openapi_schema
 
     app.openapi = openapi
@@ -99,9 +105,10 @@ def create_app(engine_config: EngineConfig, config: ServerConfig | None = None,
     def readyz() -> Response:
         """Ready: the models are loaded and warmed, the server is not shutting down, and the engine is not stuck
         (requests waiting while no stage finished any work for ``stuck_after_s``)."""
-        if state.engine is None or state.draining or state.engine.dead:
+        if state.engine is None or state.draining or not state.engine.ready:
             status = ("draining" if state.draining else "failed" if state.load_error else
-                      "dead" if state.engine is not None else "loading")
+                      "loading" if state.engine is None else "dead" if state.engine.dead else
+                      "closed" if state.engine.closed else "starting")  # a router whose engines all (re)start
             return JSONResponse({"status": status}, status_code=503)
         reason = _stuck_reason(state)
         if reason:
@@ -189,7 +196,8 @@ class _BodyLimitAndCount:
             self.state.metrics.requests.labels(endpoint, str(status["code"])).inc()
 
 
-def _load(state: ServerState, engine_config: EngineConfig, factory: Callable[[EngineConfig], Engine]) -> None:
+def _load(state: ServerState, engine_config: EngineConfig,
+          factory: Callable[[EngineConfig], EngineClient]) -> None:
     try:
         engine = factory(engine_config)
     except BaseException as exc:
@@ -200,7 +208,7 @@ def _load(state: ServerState, engine_config: EngineConfig, factory: Callable[[En
     if state.draining:  # the shutdown began while loading; it may not have seen this engine
         engine.close(drain=False)
         return
-    logger.info("ready: %s loaded and warmed", ", ".join(engine.runners))
+    logger.info("ready: %s loaded and warmed", ", ".join(engine.resolver.models))
 
 
 def _version() -> str:

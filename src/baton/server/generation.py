@@ -12,6 +12,7 @@ from concurrent.futures import Future
 from fastapi import Request
 
 from baton.errors import BatonError, InvalidRequestError
+from baton.protocol import RequestEvents, cancel_future
 from baton.request import GenerationRequest, GenerationResult
 from baton.request import parse_size as parse_size_text
 from baton.server.errors import ApiError, Params, from_engine_error
@@ -24,7 +25,7 @@ WARNINGS_HEADER = "X-Baton-Warnings"
 
 
 def admit(state: ServerState, request: GenerationRequest, params: Params | None = None,
-          **callbacks) -> tuple[Future, GenerationRequest]:
+          events: RequestEvents | None = None) -> tuple[Future, GenerationRequest]:
     """Check and submit ``request`` (400/404 for bad input, 429 when full, 503 when not serving); returns its
     future and the request as resolved (the model's defaults filled in). ``params``: what the endpoint's clients
     call the engine's fields, for errors."""
@@ -35,7 +36,7 @@ def admit(state: ServerState, request: GenerationRequest, params: Params | None 
         raise from_engine_error(exc, params) from None
     _check_http_limits(state, request, params or {})
     try:
-        return engine.submit(request, **callbacks), request
+        return engine.submit(request, events), request
     except BatonError as exc:  # a full queue, a closed or dead engine
         raise from_engine_error(exc, params) from None
 
@@ -57,13 +58,13 @@ async def generate(state: ServerState, http_request: Request, request: Generatio
         done, _ = await asyncio.wait({waiting, gone}, timeout=timeout_for(state, timeout_s),
                                      return_when=asyncio.FIRST_COMPLETED)
     except asyncio.CancelledError:  # the server cancelled this handler: the client left, or shutdown
-        if cancel(future):
+        if cancel(state, future):
             state.metrics.cancelled.labels("client_disconnected").inc()
         raise
     finally:
         gone.cancel()
     # cancel() makes the engine drop the remaining work at its next step; it fails when the result came just now
-    if waiting not in done and cancel(future):
+    if waiting not in done and cancel(state, future):
         reason = "client_disconnected" if gone in done else "timeout"
         state.metrics.cancelled.labels(reason).inc()
         if reason == "timeout":
@@ -78,10 +79,11 @@ async def generate(state: ServerState, http_request: Request, request: Generatio
     return result
 
 
-def cancel(future: Future) -> bool:
-    """Cancel ``future``; ``True`` only for the call that cancelled it (``Future.cancel`` also answers ``True``
-    for a future cancelled before, and each cancellation is counted once)."""
-    return not future.cancelled() and future.cancel()
+def cancel(state: ServerState, future: Future) -> bool:
+    """Drop the request's remaining work; ``True`` only for the call that cancelled it (each cancellation is
+    counted once). Through the engine: a remote engine's process must hear of it."""
+    engine = state.engine
+    return engine.cancel(future) if engine is not None else cancel_future(future)
 
 
 async def _client_gone(http_request: Request) -> None:

@@ -9,7 +9,6 @@ prompt-cache hits and misses, device memory.
 from __future__ import annotations
 
 import collections
-import os
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -18,7 +17,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from baton.engine import Engine
+from baton.protocol import EngineClient
 from baton.request import GenerationResult
 from baton.stage_names import DENOISE
 
@@ -29,7 +28,7 @@ THROUGHPUT_WINDOW_S = 60.0
 
 
 class ServerMetrics:
-    def __init__(self, engine: Callable[[], Engine | None]) -> None:
+    def __init__(self, engine: Callable[[], EngineClient | None]) -> None:
         self.registry = CollectorRegistry()
         self.requests = Counter("baton_requests", "HTTP requests answered, by endpoint and status code",
                                 ["endpoint", "status"], registry=self.registry)
@@ -89,9 +88,9 @@ class ThroughputWindow:
 
 
 class _EngineCollector(Collector):
-    """Gauges read from the engine at scrape time."""
+    """Gauges read from the engine's ``stats()`` and ``health()`` at scrape time (nothing else of it)."""
 
-    def __init__(self, engine: Callable[[], Engine | None], throughput: ThroughputWindow) -> None:
+    def __init__(self, engine: Callable[[], EngineClient | None], throughput: ThroughputWindow) -> None:
         self._engine = engine
         self._throughput = throughput
 
@@ -125,28 +124,38 @@ class _EngineCollector(Collector):
             yield running
         hits = CounterMetricFamily("baton_prompt_cache_hits", "Prompt-embedding cache hits", labels=["model"])
         misses = CounterMetricFamily("baton_prompt_cache_misses", "Prompt-embedding cache misses", labels=["model"])
-        for name, runner in engine.runners.items():
-            if runner.prompt_cache is not None:
-                cache = runner.prompt_cache.stats()
-                hits.add_metric([name], cache["hits"])
-                misses.add_metric([name], cache["misses"])
+        for name, cache in stats["prompt_cache"].items():
+            hits.add_metric([name], cache["hits"])
+            misses.add_metric([name], cache["misses"])
         yield hits
         yield misses
-        memory = GaugeMetricFamily("baton_device_memory_bytes", "Memory in use on the engine's device (CUDA: "
-                                   "allocated by torch; CPU: the process's resident set)", labels=["device"])
-        memory.add_metric([str(engine.device)], _memory_bytes(engine))
+        engines = stats.get("engines")
+        memory = GaugeMetricFamily("baton_device_memory_bytes", "Memory in use on an engine's device (CUDA: "
+                                   "allocated by torch; CPU: the engine process's resident set)",
+                                   labels=["device", "engine"])
+        if engines is None:  # one engine, in this process
+            memory.add_metric([stats["memory"]["device"], "0"], stats["memory"]["bytes"])
+        else:
+            for each in engines:
+                if each.get("memory"):
+                    memory.add_metric([each["memory"]["device"], each["name"]], each["memory"]["bytes"])
         yield memory
+        if engines is not None:
+            yield from _per_engine(engines)
 
 
-def _memory_bytes(engine: Engine) -> float:
-    if engine.device.type == "cuda":
-        import torch
-
-        return float(torch.cuda.memory_allocated(engine.device))
-    try:
-        with open("/proc/self/statm") as statm:  # Linux: resident pages are the second field
-            return float(int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE"))
-    except OSError:  # no /proc: the peak is the best the standard library offers
-        import resource
-
-        return float(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+def _per_engine(engines: list[dict]) -> Iterator:
+    """A router's engines, one series each, labelled ``engine`` (``index:device``)."""
+    up = GaugeMetricFamily("baton_engine_up", "1 while the engine process is ready for work, else 0 (starting, "
+                           "restarting, stuck or closed)", labels=["engine", "state"])
+    pending = GaugeMetricFamily("baton_engine_pending_requests", "Requests an engine holds", labels=["engine"])
+    work = GaugeMetricFamily("baton_engine_queued_pixel_steps", "Work an engine holds, in pixel-steps (what the "
+                             "router balances)", labels=["engine"])
+    restarts = CounterMetricFamily("baton_engine_restarts", "Times an engine process was restarted after it died",
+                                   labels=["engine"])
+    for each in engines:
+        up.add_metric([each["name"], each["state"]], 1.0 if each["state"] == "ready" else 0.0)
+        pending.add_metric([each["name"]], each["pending"])
+        work.add_metric([each["name"]], each["queued_pixel_steps"])
+        restarts.add_metric([each["name"]], each["restarts"])
+    yield from (up, pending, work, restarts)

@@ -18,6 +18,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 from PIL import Image
 
+from baton.protocol import RequestEvents
 from baton.request import GenerationRequest, GenerationResult
 from baton.server.errors import ApiError, error_body, from_engine_error
 from baton.server.generation import admit, cancel, generate, image_entries, timeout_for, warning_headers
@@ -37,7 +38,7 @@ async def generate_images(body: GenerateRequest, http_request: Request):
     state = server_state(http_request)
     request = GenerationRequest(**body.model_dump(exclude=HTTP_ONLY_FIELDS))
     if body.stream:
-        return _stream(state, body, request)
+        return await _stream(state, body, request)
     started = time.perf_counter()
     result = await generate(state, http_request, request, body.timeout_s, endpoint="/v1/generate")
     return JSONResponse(_answer(state, body, result, started), headers=warning_headers(result.warnings))
@@ -48,7 +49,7 @@ def _answer(state: ServerState, body: GenerateRequest, result: GenerationResult,
     return {
         "id": uuid.uuid4().hex,
         "created": int(time.time()),
-        "model": body.model or state.engine.default_model,  # (not ready_engine(): it may be draining now)
+        "model": body.model or state.engine.resolver.default_model,  # (not ready_engine(): it may be draining now)
         "seed": result.seed,
         "width": first.width,
         "height": first.height,
@@ -64,21 +65,44 @@ def _answer(state: ServerState, body: GenerateRequest, result: GenerationResult,
     }
 
 
-def _stream(state: ServerState, body: GenerateRequest, request: GenerationRequest) -> StreamingResponse:
+async def _stream(state: ServerState, body: GenerateRequest, request: GenerationRequest) -> StreamingResponse:
     loop = asyncio.get_running_loop()
     events: asyncio.Queue[tuple] = asyncio.Queue()
 
-    def push(*event) -> None:  # called on the denoiser's thread
+    def push(*event) -> None:  # called on an engine thread
         loop.call_soon_threadsafe(events.put_nowait, event)
 
-    callbacks = {"progress": lambda done, total: push("progress", done, total, None)}
-    if body.preview_every:
-        callbacks.update(preview=lambda done, total, rgb: push("preview", done, total, rgb),
-                         preview_every=body.preview_every)
+    callbacks = RequestEvents(
+        progress=lambda done, total: push("progress", done, total, None),
+        preview=(lambda done, total, rgb: push("preview", done, total, rgb)) if body.preview_every else None,
+        preview_every=body.preview_every or 0,
+        accepted=lambda warnings: push("accepted", 0, 0, warnings),
+    )
     started = time.perf_counter()
-    future, resolved = admit(state, request, **callbacks)  # bad input and a full queue answer plain JSON errors
-    warnings = state.engine.prompt_warnings(resolved)  # the result event carries them too; the header comes first
+    future, _ = admit(state, request, events=callbacks)  # bad input and a full engine answer plain JSON errors
     future.add_done_callback(lambda _: push("done", 0, 0, None))
+    # The headers carry the warnings, so they wait for the engine to take the request (an engine process says
+    # so over its pipe); one it refuses there still gets a plain JSON error. Events that overtake it are kept.
+    early: list[tuple] = []
+    while True:
+        try:
+            event = await asyncio.wait_for(events.get(), timeout_for(state, body.timeout_s))
+        except TimeoutError:
+            cancel(state, future)
+            raise from_engine_error(TimeoutError()) from None
+        if event[0] == "accepted":
+            warnings = event[3]
+            break
+        if event[0] == "done":
+            if future.cancelled() or future.exception() is not None:
+                raise from_engine_error(future.exception() if not future.cancelled() else TimeoutError()) from None
+            warnings = future.result().warnings
+            early.append(event)
+            break
+        early.append(event)
+    later = [events.get_nowait() for _ in range(events.qsize())]
+    for event in early + later:  # in the order they came
+        events.put_nowait(event)
 
     async def stream() -> AsyncIterator[str]:
         deadline = loop.time() + timeout_for(state, body.timeout_s)
@@ -86,7 +110,7 @@ def _stream(state: ServerState, body: GenerateRequest, request: GenerationReques
             try:
                 kind, done, total, rgb = await asyncio.wait_for(events.get(), max(0.0, deadline - loop.time()))
             except TimeoutError:
-                if cancel(future):
+                if cancel(state, future):
                     state.metrics.cancelled.labels("timeout").inc()
                     yield _event("error", _stream_error(from_engine_error(TimeoutError())))
                     return
@@ -111,7 +135,7 @@ def _stream(state: ServerState, body: GenerateRequest, request: GenerationReques
                 return
 
     def client_gone() -> None:
-        if cancel(future):  # not settled nor timed out yet: the client left; free the denoiser at the next step
+        if cancel(state, future):  # not settled nor timed out yet: the client left; free the denoiser at the next step
             state.metrics.cancelled.labels("client_disconnected").inc()
 
     return _EventStream(stream(), on_close=client_gone, headers=warning_headers(warnings))

@@ -45,7 +45,7 @@ async def create_images(body: ImageGenerationRequest, http_request: Request) -> 
         raise ApiError(400, "`stream` is not supported here; use POST /v1/generate", param="stream",
                        code="unsupported")
     width, height = parse_size(body.size)
-    steps = min(state.config.openai_steps, state.ready_engine().config.limits.max_steps)
+    steps = min(state.config.openai_steps, state.ready_engine().resolver.limits.max_steps)
     request = GenerationRequest(prompt=body.prompt, model=body.model, num_images=body.n, width=width, height=height,
                                 steps=steps, output_format=body.output_format)
     result = await generate(state, http_request, request, timeout_s=None, endpoint="/v1/images/generations",

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from fastapi import Request
 
-from baton.engine import Engine
+from baton.protocol import EngineClient
 from baton.server.errors import RETRY_AFTER_UNAVAILABLE_S, ApiError
 from baton.server.images import ImageStore
 from baton.server.metrics import ServerMetrics
@@ -26,7 +26,8 @@ class ServerState:
     config: ServerConfig
     images: ImageStore
     metrics: ServerMetrics
-    engine: Engine | None = None
+    engine: EngineClient | None = None
+    """The in-process engine, or a router over engine processes (``baton serve --devices``)."""
     load_error: BaseException | None = None
     draining_since: float | None = field(default=None)
     """``time.monotonic()`` when the shutdown signal came; ``None`` while serving."""
@@ -39,11 +40,13 @@ class ServerState:
         if self.draining_since is None:
             self.draining_since = time.monotonic()
 
-    def ready_engine(self) -> Engine:
+    def ready_engine(self) -> EngineClient:
         """The engine, when it can take work; else a 503 saying why, with ``Retry-After``."""
-        if self.engine is None or self.draining or self.engine.closed:
+        if self.engine is None or self.draining or not self.engine.ready:
             reason = ("shutting down" if self.draining else f"failed to load: {self.load_error}" if self.load_error
-                      else "the engine stopped" if self.engine is not None else "loading models")
+                      else "loading models" if self.engine is None
+                      else "the engine stopped" if self.engine.closed or self.engine.dead
+                      else "no engine process is ready: starting or restarting")
             # while draining, a keep-alive client is told to reconnect: to another replica, behind a balancer
             headers = {"Retry-After": str(RETRY_AFTER_UNAVAILABLE_S), **({"Connection": "close"} if self.draining
                                                                           else {})}
@@ -52,7 +55,7 @@ class ServerState:
         return self.engine
 
     def stuck_for(self) -> float | None:
-        """``Engine.health().stalled_s``, once it passed ``stuck_after_s``."""
+        """``health().stalled_s``, once it passed ``stuck_after_s``."""
         if self.engine is None:
             return None
         idle = self.engine.health().stalled_s

@@ -8,20 +8,15 @@ from collections.abc import Callable
 from concurrent.futures import Future, InvalidStateError
 from dataclasses import dataclass, field
 
-import numpy as np
 import torch
 
 from baton.device import Mark, elapsed_s
 from baton.models.runner import ModelRunner, PromptEmbeddings
+from baton.protocol import PreviewCallback, ProgressCallback
 from baton.request import GenerationRequest, GenerationResult, StageTiming
 
 logger = logging.getLogger(__name__)
 
-ProgressCallback = Callable[[int, int], None]
-"""Called from the denoising worker as ``callback(steps_done, steps_total)``; it must be quick."""
-PreviewCallback = Callable[[int, int, "np.ndarray"], None]
-"""Called from the denoising worker every ``preview_every`` steps as ``callback(steps_done, steps_total, rgb)``,
-with ``rgb`` a uint8 array [n, H/8, W/8, 3]: the latents mapped linearly to colours (no VAE). It must be quick."""
 
 
 @dataclass(slots=True)
