@@ -29,15 +29,21 @@ _EXPORTS = {
     "BatonError": "baton.errors",
     "EngineClosedError": "baton.errors",
     "EngineDeadError": "baton.errors",
+    "EngineProcessLostError": "baton.errors",
     "InvalidRequestError": "baton.errors",
     "QueueFullError": "baton.errors",
     "RequestError": "baton.errors",
     "StageError": "baton.errors",
+    "EngineClient": "baton.protocol",
+    "RequestEvents": "baton.protocol",
+    "Router": "baton.cluster",
+    "RemoteEngine": "baton.cluster",
 }
 
 __all__ = [*_EXPORTS, "__version__"]
 
 if TYPE_CHECKING:
+    from baton.cluster import RemoteEngine, Router
     from baton.config import (
         CompileConfig,
         DenoiseConfig,
@@ -52,12 +58,14 @@ if TYPE_CHECKING:
         BatonError,
         EngineClosedError,
         EngineDeadError,
+        EngineProcessLostError,
         InvalidRequestError,
         QueueFullError,
         RequestError,
         StageError,
     )
     from baton.optim.presets import PRESETS, preset_config
+    from baton.protocol import EngineClient, RequestEvents
     from baton.request import GenerationRequest, GenerationResult, StageTiming
 
 

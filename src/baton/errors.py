@@ -33,6 +33,9 @@ class InvalidRequestError(RequestError, ValueError):
         self.allowed = allowed
         super().__init__(f"`{field}` {allowed}, got {value!r}")
 
+    def __reduce__(self):  # pickled across an engine process's pipe: rebuilt from its fields, not its message
+        return type(self), (self.field, self.value, self.allowed)
+
 
 class QueueFullError(RequestError):
     """The engine's admission queue is full; the caller should retry later."""
@@ -49,6 +52,16 @@ class StageError(RequestError):
         super().__init__(f"stage `{stage}` failed: {type(cause).__name__}: {cause}")
         self.__cause__ = cause
 
+    def __reduce__(self):  # across a pipe the cause travels as text: it may not pickle
+        return _stage_error, (self.stage, str(self))
+
+
+def _stage_error(stage: str, message: str) -> StageError:
+    error = StageError.__new__(StageError)
+    Exception.__init__(error, message)
+    error.stage = stage
+    return error
+
 
 class EngineClosedError(BatonError):
     """The engine is closed (or closing): it accepts no new work, and with ``close(drain=False)`` or a close
@@ -60,3 +73,22 @@ class EngineClosedError(BatonError):
 
 class EngineDeadError(BatonError):
     """A worker of the engine died: nothing more can be served. Recreate the engine."""
+
+
+class EngineProcessLostError(BatonError):
+    """The engine process serving this request died (a crash, the OOM killer, ``kill -9``).
+
+    A router retries such a request once on another engine when it had not started denoising; otherwise (or
+    when the retry fails too) the caller gets this error and should retry: a server answers 503 with
+    ``x-should-retry: true``.
+
+    Attributes:
+        started: the request had started denoising when the process died.
+    """
+
+    def __init__(self, message: str, started: bool = False) -> None:
+        super().__init__(message)
+        self.started = started
+
+    def __reduce__(self):
+        return type(self), (str(self), self.started)

@@ -87,6 +87,8 @@ class GenerationResult:
     request_id: str
     seed: int
     images: list[Image.Image]
+    """The images, as PIL images. Empty in a result from an engine process (``baton.cluster``), which carries
+    the ``encoded`` bytes only (the pixels for ``"np"``)."""
     encoded: list[bytes] | None = None
     """The images as ``output_format`` bytes, for png/jpeg/webp."""
     pixels: np.ndarray | None = None  # [n, H, W, 3] float32 in [0, 1], for output_format "np"
@@ -95,6 +97,15 @@ class GenerationResult:
     """From submission to the result being ready."""
     warnings: list[str] = field(default_factory=list)
     """What the request got that it did not quite ask for, e.g. a prompt cut to what the text encoder reads."""
+    width: int = 0
+    height: int = 0
+    """The images' size."""
+
+    @property
+    def num_images(self) -> int:
+        if self.encoded is not None:
+            return len(self.encoded)
+        return len(self.pixels) if self.pixels is not None else len(self.images)
 
 
 def pixel_steps(request: GenerationRequest) -> int:

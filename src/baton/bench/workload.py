@@ -99,4 +99,4 @@ def _settle(future: Future, submitted: float) -> Outcome:
         result = future.result()
     except Exception as exc:  # counted and reported, never silently dropped
         return Outcome(submitted, time.perf_counter(), error=f"{type(exc).__name__}: {exc}")
-    return Outcome(submitted, time.perf_counter(), len(result.images), dict(result.timings))
+    return Outcome(submitted, time.perf_counter(), result.num_images, dict(result.timings))

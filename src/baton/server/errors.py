@@ -17,6 +17,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from baton.errors import (
     EngineClosedError,
     EngineDeadError,
+    EngineProcessLostError,
     InvalidRequestError,
     QueueFullError,
     StageError,
@@ -119,6 +120,9 @@ def from_engine_error(exc: BaseException, params: Params | None = None) -> ApiEr
     if isinstance(exc, TimeoutError):
         return ApiError(504, "the request did not finish within its timeout; its remaining work was dropped",
                         type_="timeout_error", code="timeout", headers=no_retry)
+    if isinstance(exc, EngineProcessLostError):  # the work was lost, not refused: sending it again is right
+        return ApiError(503, str(exc), type_="server_error", code="engine_lost",
+                        headers={"Retry-After": "1", "x-should-retry": "true"})
     if isinstance(exc, (EngineClosedError, EngineDeadError)):
         return ApiError(503, str(exc), type_="server_error", code="unavailable",
                         headers={"Retry-After": str(RETRY_AFTER_UNAVAILABLE_S)})

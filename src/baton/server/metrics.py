@@ -47,7 +47,7 @@ class ServerMetrics:
         self.registry.register(_EngineCollector(engine, self._throughput))
 
     def observe_result(self, result: GenerationResult) -> None:
-        images = len(result.images)
+        images = result.num_images
         self.images.inc(images)
         self._throughput.add(images)
         for stage, timing in result.timings.items():

@@ -45,14 +45,13 @@ async def generate_images(body: GenerateRequest, http_request: Request):
 
 
 def _answer(state: ServerState, body: GenerateRequest, result: GenerationResult, started: float) -> dict:
-    first = result.images[0]
     return {
         "id": uuid.uuid4().hex,
         "created": int(time.time()),
         "model": body.model or state.engine.resolver.default_model,  # (not ready_engine(): it may be draining now)
         "seed": result.seed,
-        "width": first.width,
-        "height": first.height,
+        "width": result.width,
+        "height": result.height,
         "output_format": body.output_format,
         "latency_s": round(result.latency_s, 4),
         "timings": {
@@ -117,6 +116,8 @@ async def _stream(state: ServerState, body: GenerateRequest, request: Generation
                 # it finished just now and its "done" event is on its way: wait for it without a deadline (a zero
                 # timeout would cancel every get() before it ran, and spin)
                 deadline = math.inf
+                continue
+            if kind == "accepted":  # again: a router retried it on another engine (it had not started)
                 continue
             if kind == "progress":
                 yield _event("progress", {"step": done, "steps": total})

@@ -50,12 +50,11 @@ async def create_images(body: ImageGenerationRequest, http_request: Request) -> 
                                 steps=steps, output_format=body.output_format)
     result = await generate(state, http_request, request, timeout_s=None, endpoint="/v1/images/generations",
                             params=OPENAI_PARAMS)
-    first = result.images[0] if result.images else None
     answer = ImagesResponse(
         created=int(time.time()),
         data=image_entries(state, result, body.output_format, body.response_format),
         output_format=body.output_format,
-        size=f"{first.width}x{first.height}" if first else "",
+        size=f"{result.width}x{result.height}",
         warnings=result.warnings or None,
     )
     return JSONResponse(answer.model_dump(exclude_none=True), headers=warning_headers(result.warnings))

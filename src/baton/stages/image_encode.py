@@ -59,6 +59,8 @@ def build_result(job: Job, pixels: torch.Tensor) -> GenerationResult:
         encoded=encoded,
         pixels=array if request.output_format == "np" else None,
         warnings=list(job.warnings),
+        width=request.width,
+        height=request.height,
     )
 
 
