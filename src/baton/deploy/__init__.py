@@ -1,0 +1,1 @@
+"""Deploying baton beyond one process: Kubernetes manifests (``baton deploy k8s``) and Ray Serve."""
