@@ -1,4 +1,5 @@
-"""The ``baton`` command line: ``generate``, ``serve``, ``demo``, ``train-shapes``, ``models``, ``info``, ``bench``.
+"""The ``baton`` command line: ``generate``, ``serve``, ``demo``, ``train-shapes``, ``models``, ``info``, ``bench``,
+``deploy``, ``plan``.
 
 Building the parser imports neither torch nor diffusers (``baton --help`` answers at once); each command imports
 what it needs. Every error is one line on stderr and exit status 2.
@@ -199,6 +200,17 @@ def _parser() -> argparse.ArgumentParser:
             else:
                 groups[title].add_argument(flag, dest=field, type=kind, default=server_default[field],
                                            help=help_text, metavar=flag.removeprefix("--").replace("-", "_").upper())
+    scaling = serve.add_argument_group("scaling out (docs/deployment.md)")
+    scaling.add_argument("--devices", default=None, metavar="LIST",
+                         help="one engine process per device behind a router in this process: GPU indices (0,1,2,3), "
+                              "cuda:N or cpu (cpu,cpu: two CPU engines); replaces --device")
+    scaling.add_argument("--replicas-per-device", type=int, default=1, metavar="K",
+                         help="engine processes per device (GPU sharing: each may use 0.95/K of its memory)")
+    scaling.add_argument("--threads-per-engine", type=int, default=None, metavar="N",
+                         help="intra-op threads per engine process (default: 1 on a CPU; on GPUs the host's cores "
+                              "divided among the processes)")
+    scaling.add_argument("--backend", choices=("local", "ray"), default="local",
+                         help="ray: deploy with Ray Serve (needs `pip install 'baton[ray]'`)")
     add_optimization_args(serve)
     serve.set_defaults(handler=_serve)
 
@@ -246,6 +258,9 @@ def _parser() -> argparse.ArgumentParser:
     from baton.bench.cli import add_bench_parser
 
     add_bench_parser(commands, _size)
+    from baton.deploy.k8s import add_parser as add_deploy_parser
+
+    add_deploy_parser(commands)
     return parser
 
 
@@ -361,7 +376,10 @@ def _serve(args: argparse.Namespace) -> int:
     # 1. settings: whatever cannot run fails here, in one line. The engine loads in the background once the
     #    server listens, where its own checks would only turn /healthz red.
     models = tuple(name.strip() for name in args.model.split(",") if name.strip())
-    device = resolve_device(args.device)
+    devices = _devices(args)
+    device = resolve_device(devices[0] if devices else args.device)
+    for other in devices or ():
+        resolve_device(other)  # a device that is not here fails now
     engine_config = config_from_args(args, device.type, models=models, device=args.device, dtype=args.dtype,
                                      max_queue=args.max_queue, mode=args.mode, limits=_limits(args, models),
                                      max_queued_pixel_steps=args.max_queued_pixel_steps)
@@ -370,7 +388,7 @@ def _serve(args: argparse.Namespace) -> int:
     keys = load_api_keys(args.api_key_file)
     server_config = ServerConfig(api_keys=keys, **{field: getattr(args, field) for flags in _SERVER_FLAGS.values()
                                                    for _, field, _, _ in flags})
-    app = create_app(engine_config, server_config)
+    app = create_app(engine_config, server_config, _engine_factory(args, devices, server_config))
     # 2. the port: taken before the URL is announced, so a busy one is an error and the banner is always true
     sock = bind_socket(args.host, args.port)
     logging.getLogger("baton.server").setLevel(logging.INFO)
@@ -380,6 +398,37 @@ def _serve(args: argparse.Namespace) -> int:
                   highlight=False, soft_wrap=True)
     # 3. serve until SIGTERM or Ctrl-C, then drain (baton.server.run)
     return serve(app, sock)
+
+
+def _devices(args: argparse.Namespace) -> list[str] | None:
+    """The engine processes' devices (``--devices``, or ``--device`` with ``--replicas-per-device``); ``None``:
+    one engine in this process."""
+    from baton.cluster import parse_devices
+
+    if args.devices is None:
+        return [args.device] if args.replicas_per_device != 1 else None
+    if args.device != EngineConfig.__dataclass_fields__["device"].default:
+        raise ValueError(f"`--devices` replaces `--device`; give one of them, got --device {args.device!r} and "
+                         f"--devices {args.devices!r}")
+    return parse_devices(args.devices)
+
+
+def _engine_factory(args: argparse.Namespace, devices: list[str] | None, server_config: ServerConfig):
+    """What serves the requests: an Engine in this process, or a router over engine processes."""
+    import functools
+
+    from baton import Engine
+
+    if args.replicas_per_device < 1:
+        raise ValueError(f"`--replicas-per-device` must be >= 1, got {args.replicas_per_device}")
+    if args.threads_per_engine is not None and args.threads_per_engine < 1:
+        raise ValueError(f"`--threads-per-engine` must be >= 1, got {args.threads_per_engine}")
+    if devices is None:
+        return Engine
+    from baton.cluster import Router
+
+    return functools.partial(Router, devices=devices, replicas_per_device=args.replicas_per_device,
+                             threads_per_engine=args.threads_per_engine, stuck_after_s=server_config.stuck_after_s)
 
 
 def _demo(args: argparse.Namespace) -> int:
