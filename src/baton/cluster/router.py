@@ -160,6 +160,7 @@ class Router:
                                    for slot in self._slots)
                 self.close(drain=False, timeout=1.0)
                 raise ValueError(f"no engine process could start: {errors}")
+        self._resolver()  # from the first ready engine: every engine loads the same models with the same limits
         # 2. supervise: restarts, retries waiting for an engine
         self._supervisor = threading.Thread(target=self._supervise, name="baton-router", daemon=True)
         self._supervisor.start()
