@@ -261,6 +261,9 @@ def _parser() -> argparse.ArgumentParser:
     from baton.deploy.k8s import add_parser as add_deploy_parser
 
     add_deploy_parser(commands)
+    from baton.deploy.plan import add_parser as add_plan_parser
+
+    add_plan_parser(commands)
     return parser
 
 
