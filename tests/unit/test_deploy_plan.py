@@ -143,8 +143,8 @@ def test_a_bad_p95_is_one_error_naming_the_flag_and_value(text, capsys):
 @pytest.mark.parametrize(
     ("content", "match"),
     [(None, "does not exist"), ("{not json", "is not JSON"), ('{"benchmark": "load", "results": []}',
-                                                              "not a `baton bench serve` result.*'load'"),
-     ('[1, 2]', "not a `baton bench serve` result"),
+                                                              "not a `baton bench serve` or `scale` result.*'load'"),
+     ('[1, 2]', "not a `baton bench serve` or `scale` result"),
      ('{"benchmark": "serve", "settings": {"model": "m"}, "results": []}', "no settings width, height, steps"),
      ('{"benchmark": "serve", "settings": {"model": "m", "width": null, "height": 8, "steps": 2}, "results": []}',
       "settings width None")],

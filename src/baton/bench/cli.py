@@ -125,6 +125,27 @@ def add_bench_parser(commands: argparse._SubParsersAction, size_type) -> None:
     load.add_argument("--out", type=Path, default=None)
     load.set_defaults(handler=_load)
 
+    scale = benches.add_parser(
+        "scale",
+        help="engine processes behind the router vs one engine: router overhead, throughput per layout, kill -9",
+        description="Measure what the router adds per request, the throughput of K engine processes with T threads "
+        "each on one device against one engine, and recovery when an engine process is killed under load.",
+    )
+    scale.add_argument("--model", default="tiny-sd15")
+    scale.add_argument("--device", default="cpu", help="the device every engine process shares (cpu, cuda:0)")
+    scale.add_argument("--layouts", type=_names, default="in-process,1x1,2x1,1x2",
+                       help="comma-separated: in-process, or KxT (K engine processes, T threads each; K alone: the "
+                            "router's default threads)")
+    scale.add_argument("--concurrency", type=int, default=8, help="closed-loop clients")
+    scale.add_argument("--requests", type=int, default=32, help="measured requests per layout and round")
+    scale.add_argument("--rounds", type=int, default=3)
+    scale.add_argument("--steps", type=int, default=20)
+    scale.add_argument("--size", type=size_type, default=(128, 128))
+    scale.add_argument("--overhead-pairs", type=int, default=100)
+    scale.add_argument("--kill-requests", type=int, default=64)
+    scale.add_argument("--out", type=Path, default=None)
+    scale.set_defaults(handler=_scale)
+
     quality = benches.add_parser(
         "quality",
         help="prompt accuracy and drift of every optimization, preset, sampler, step count and guidance scale "
@@ -251,6 +272,25 @@ def _load(args: argparse.Namespace) -> int:
     print(load_markdown(report))
     for name in ("load.json", "load.md", "load.png"):
         console.print(f"wrote {out / name}", highlight=False)
+    return 0
+
+
+def _scale(args: argparse.Namespace) -> int:
+    from baton.bench.report import write_outputs
+    from baton.bench.scale import ScaleSettings, run_scale
+    from baton.bench.scale_report import plot_scale, scale_markdown
+
+    settings = ScaleSettings(model=args.model, device=args.device, layouts=tuple(args.layouts),
+                             concurrency=args.concurrency, requests=args.requests, rounds=args.rounds,
+                             steps=args.steps, width=args.size[0], height=args.size[1],
+                             overhead_pairs=args.overhead_pairs, kill_requests=args.kill_requests)
+    console = Console()
+    report = run_scale(settings, log=lambda line: console.print(line, highlight=False))
+    out = args.out or RESULTS_DIR / f"scale-{args.model.replace('/', '_')}-{datetime.datetime.now():%Y%m%d-%H%M}"
+    paths = write_outputs(report, out, "scale", scale_markdown, plot_scale)
+    print(scale_markdown(report))
+    for path in paths:
+        console.print(f"wrote {path}", highlight=False)
     return 0
 
 

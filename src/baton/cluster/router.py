@@ -134,6 +134,8 @@ class Router:
         self._closed = False
         self._lock = threading.Lock()
         self._retries: list[_Retry] = []
+        self.retried = 0
+        """Requests sent again after their engine process died before they started denoising."""
         self._wake = threading.Event()
         self.resolver: RequestResolver | None = None
         count = len(devices) * replicas_per_device
@@ -235,6 +237,7 @@ class Router:
             "prompt_cache": caches,
             "memory": {"device": "host", "bytes": memory_bytes(torch.device("cpu"))},  # the router's own
             "retrying": waiting,
+            "retried": self.retried,
             "engines": engines,
         }
 
@@ -322,6 +325,7 @@ class Router:
             return
         logger.info("retrying a request whose engine process died before it started denoising")
         with self._lock:
+            self.retried += 1
             self._retries.append(_Retry(outer, request, events, time.monotonic() + RETRY_WAIT_S, reason))
         self._wake.set()
 

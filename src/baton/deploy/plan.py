@@ -151,10 +151,11 @@ def load_result(path: Path) -> dict[str, Any]:
     except json.JSONDecodeError as exc:
         raise ValueError(f"`--bench` {str(path)!r} is not JSON ({exc.msg}, line {exc.lineno})") from None
     kind = result.get("benchmark") if isinstance(result, dict) else None
-    if kind != "serve" or not isinstance(result.get("results"), list) or not isinstance(result.get("settings"), dict):
+    shaped = isinstance(result.get("results"), list) and isinstance(result.get("settings"), dict)
+    if kind not in ("serve", "scale") or not shaped:
         found = f"its benchmark is {kind!r}" if kind else "no `benchmark`, `settings` and `results`"
-        raise ValueError(f"`--bench` {str(path)!r} is not a `baton bench serve` result ({found}); give the serve.json "
-                         "that `baton bench serve` wrote")
+        raise ValueError(f"`--bench` {str(path)!r} is not a `baton bench serve` or `scale` result ({found}); give "
+                         "the serve.json or scale.json the bench wrote")
     missing = [key for key in ("model", "width", "height", "steps") if key not in result["settings"]]
     if missing:
         raise ValueError(f"`--bench` {str(path)!r} has no settings {', '.join(missing)}: the request shape is unknown")
