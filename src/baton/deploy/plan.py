@@ -151,7 +151,8 @@ def load_result(path: Path) -> dict[str, Any]:
     except json.JSONDecodeError as exc:
         raise ValueError(f"`--bench` {str(path)!r} is not JSON ({exc.msg}, line {exc.lineno})") from None
     kind = result.get("benchmark") if isinstance(result, dict) else None
-    shaped = isinstance(result.get("results"), list) and isinstance(result.get("settings"), dict)
+    shaped = (isinstance(result, dict) and isinstance(result.get("results"), list)
+              and isinstance(result.get("settings"), dict))
     if kind not in ("serve", "scale") or not shaped:
         found = f"its benchmark is {kind!r}" if kind else "no `benchmark`, `settings` and `results`"
         raise ValueError(f"`--bench` {str(path)!r} is not a `baton bench serve` or `scale` result ({found}); give "
