@@ -7,7 +7,7 @@ part starts the driver checks what is left of the budget and skips the part if i
 part it writes that part's result and rewrites the summary, so a part that hangs, or the window closing, loses
 nothing that ran before it.
 
-Output folder (``$OUT`` when set, else ``--out``), 7 files::
+Output folder (``$OUT`` when set, else ``--out``), 8 files::
 
     gpu-check.json   machine, setup, and each part's status, seconds, cap and exit code
     log.txt          every part's output, each line prefixed with the part's name
@@ -16,6 +16,8 @@ Output folder (``$OUT`` when set, else ``--out``), 7 files::
     c-serve.json     baton bench serve --profile gpu: {"eager": ..., "graphs": ...}
     d-sdxl.json      baton bench optimizations --profile gpu (SDXL 1024², baton vs diffusers)
     e-compile.json   {"bench": compile cold and warm, "tests": pytest tests/gpu -m compile}
+    f-scale.json     baton bench scale on cuda:0: 1, 2 and 4 engine processes sharing the GPU, router overhead,
+                     kill -9 under load
 
 Raw outputs (JUnit XML, the benches' own folders, wheels, the inductor cache) go to a scratch folder outside the
 output folder, since only 8 files come back. Without CUDA, or with ``--dry-run``, the driver prints the plan and
@@ -51,6 +53,11 @@ KILL_GRACE_S = 5.0  # SIGTERM first so CUDA contexts close cleanly, then SIGKILL
 DEFAULT_BUDGET_S = 540  # one device command may run 600 s: leave a minute for start-up and the last writes
 FILE_NAME = re.compile(r"^[A-Za-z0-9._-]+$")  # what the device tool brings back; also keeps results one folder deep
 SERVE = ("-m", "baton.cli", "bench", "serve", "--profile", "gpu")
+SCALE = ("-m", "baton.cli", "bench", "scale", "--device", "cuda:0", "--model", "sd15-random", "--size", "512x512",
+         "--steps", "25", "--layouts", "1,2,4", "--concurrency", "8", "--requests", "16", "--rounds", "1",
+         "--overhead-pairs", "20", "--kill-requests", "32")
+"""Issue 16's H200 row: one engine process against K = 2 and 4 on one GPU (no MPS: its daemon is not ours to
+start), sd15-random 512², images/s and p95."""
 OPTIMIZATIONS = ("-m", "baton.cli", "bench", "optimizations", "--profile", "gpu")
 # The compile row and its restart (`--only` takes exact row names; one with a comma in it is matched whole).
 COMPILE_ROWS = "fp16 + SDPA + compile,fp16 + SDPA + compile (restart, warm cache)"
@@ -96,25 +103,28 @@ def gpu_parts(scratch: Path, python: str = sys.executable, wheels: tuple[Path, .
     parts.append(Part(
         "b-syncs", (python, "-m", "baton.bench.syncs", "--models", "tiny-sd15,tiny-sdxl,tiny-lcm", "--steps", "10",
                     "--json", str(scratch / "b-syncs.json")),
-        cap_s=45, result="b-syncs.json", read=lambda: read_json(scratch / "b-syncs.json")))
+        cap_s=40, result="b-syncs.json", read=lambda: read_json(scratch / "b-syncs.json")))
     # 4. serving: two parts sharing one file, so a hang in the graphs run keeps the eager numbers
     for key, flags in (("eager", ()), ("graphs", ("--cuda-graphs",))):
         raw = scratch / f"c-serve-{key}.json"
-        parts.append(Part(f"c-serve-{key}", (python, *SERVE, *flags, "--json", str(raw)), cap_s=95,
+        parts.append(Part(f"c-serve-{key}", (python, *SERVE, *flags, "--json", str(raw)), cap_s=88,
                           result="c-serve.json", key=key, read=lambda raw=raw: read_json(raw)))
     # 5. SDXL 1024²: baton eager fp16 + SDPA against the plain diffusers pipeline; only its JSON comes back
-    parts.append(Part("d-sdxl", (python, *OPTIMIZATIONS, "--out", str(scratch / "d-sdxl")), cap_s=100,
+    parts.append(Part("d-sdxl", (python, *OPTIMIZATIONS, "--out", str(scratch / "d-sdxl")), cap_s=90,
                       result="d-sdxl.json", read=lambda: read_json(scratch / "d-sdxl" / "optimizations.json")))
-    # 6. compile last: a cold compile takes minutes, so it runs only on what the earlier parts left over.
+    # 6. engine processes sharing the GPU (before compile: a cold compile may take whatever is left)
+    parts.append(Part("f-scale", (python, *SCALE, "--out", str(scratch / "f-scale")), cap_s=60,
+                      result="f-scale.json", read=lambda: read_json(scratch / "f-scale" / "scale.json")))
+    # 7. compile last: a cold compile takes minutes, so it runs only on what the earlier parts left over.
     #    Its own cache folder keeps the "cold" row cold even if an earlier part compiled something.
     parts.append(Part(
         "e-compile-bench", (python, *OPTIMIZATIONS, "--only", COMPILE_ROWS, "--compile-cache",
                             str(scratch / "e-inductor"), "--out", str(scratch / "e-compile")),
-        cap_s=55, result="e-compile.json", key="bench", stretch=True,
+        cap_s=28, result="e-compile.json", key="bench", stretch=True,
         read=lambda: read_json(scratch / "e-compile" / "optimizations.json")))
     # three tests of two cold compiles each: several minutes, so they too take what is left, if anything is
     parts.append(dataclasses.replace(pytest_part(python, "e-compile-tests", "compile", scratch / "e-junit.xml",
-                                                 cap_s=30, result="e-compile.json", key="tests"), stretch=True))
+                                                 cap_s=25, result="e-compile.json", key="tests"), stretch=True))
     return parts
 
 
