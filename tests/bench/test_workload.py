@@ -35,7 +35,7 @@ class FakeTarget:
         time.sleep(self.service_s)
         with self.lock:
             self.in_flight -= 1
-        return SimpleNamespace(images=[object()], timings={})
+        return SimpleNamespace(num_images=1, timings={})
 
 
 def test_closed_loop_sends_every_request_once_with_at_most_c_in_flight():
