@@ -44,7 +44,8 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         return args.handler(args)
-    except (BatonError, ValueError, OSError) as exc:  # ModelLoadError is a ValueError
+    # ModelLoadError is a ValueError; an ImportError is an optional extra that is not installed (ray)
+    except (BatonError, ValueError, OSError, ImportError) as exc:
         _error(f"baton {args.command}", _with_flag_names(str(exc)))
         return 2
     except KeyboardInterrupt:
@@ -210,7 +211,21 @@ def _parser() -> argparse.ArgumentParser:
                          help="intra-op threads per engine process (default: 1 on a CPU; on GPUs the host's cores "
                               "divided among the processes)")
     scaling.add_argument("--backend", choices=("local", "ray"), default="local",
-                         help="ray: deploy with Ray Serve (needs `pip install 'baton[ray]'`)")
+                         help="local: engines in this process (or --devices' processes); ray: Ray Serve replicas "
+                              "(pip install 'baton[ray]')")
+    ray_group = serve.add_argument_group("Ray Serve (--backend ray; docs/deployment.md)")
+    ray_group.add_argument("--num-gpus", type=float, default=None,
+                           help="GPUs per replica; a fraction shares a GPU (default: 1; 0 with --device cpu)")
+    ray_group.add_argument("--num-cpus", type=float, default=1.0, help="CPUs per replica")
+    ray_group.add_argument("--replicas", type=int, default=None, help="a fixed number of replicas (default 1)")
+    ray_group.add_argument("--min-replicas", type=int, default=None, help="autoscaling: fewest replicas")
+    ray_group.add_argument("--max-replicas", type=int, default=None, help="autoscaling: most replicas")
+    ray_group.add_argument("--target-ongoing-requests", type=float, default=4.0,
+                           help="autoscaling: in-flight requests per replica to aim at")
+    ray_group.add_argument("--max-ongoing-requests", type=int, default=16,
+                           help="most requests Ray sends one replica at once")
+    ray_group.add_argument("--ray-address", default=None,
+                           help="join this cluster (auto, HOST:PORT, ray://HOST:10001); default: a Ray of its own")
     add_optimization_args(serve)
     serve.set_defaults(handler=_serve)
 
@@ -380,9 +395,15 @@ def _serve(args: argparse.Namespace) -> int:
     #    server listens, where its own checks would only turn /healthz red.
     models = tuple(name.strip() for name in args.model.split(",") if name.strip())
     devices = _devices(args)
-    device = resolve_device(devices[0] if devices else args.device)
-    for other in devices or ():
-        resolve_device(other)  # a device that is not here fails now
+    if args.backend == "ray":
+        if devices is not None:
+            raise ValueError("`--devices` and `--replicas-per-device` are for the local backend; with `--backend "
+                             "ray`, Ray places the replicas (`--replicas`, `--num-gpus`)")
+        device = _ray_device(args)  # where the replicas run, which need not be this host
+    else:
+        device = resolve_device(devices[0] if devices else args.device)
+        for other in devices or ():
+            resolve_device(other)  # a device that is not here fails now
     engine_config = config_from_args(args, device.type, models=models, device=args.device, dtype=args.dtype,
                                      max_queue=args.max_queue, mode=args.mode, limits=_limits(args, models),
                                      max_queued_pixel_steps=args.max_queued_pixel_steps)
@@ -391,6 +412,15 @@ def _serve(args: argparse.Namespace) -> int:
     keys = load_api_keys(args.api_key_file)
     server_config = ServerConfig(api_keys=keys, **{field: getattr(args, field) for flags in _SERVER_FLAGS.values()
                                                    for _, field, _, _ in flags})
+    if args.backend == "ray":
+        from baton.deploy.ray import RayOptions, run_ray
+
+        options = RayOptions(num_gpus=args.num_gpus, num_cpus=args.num_cpus, num_replicas=args.replicas,
+                             min_replicas=args.min_replicas, max_replicas=args.max_replicas,
+                             target_ongoing_requests=args.target_ongoing_requests,
+                             max_ongoing_requests=args.max_ongoing_requests, address=args.ray_address)
+        return run_ray(engine_config, server_config, options, args.host, args.port,
+                       announce=lambda text: console.print(text, highlight=False, soft_wrap=True))
     app = create_app(engine_config, server_config, _engine_factory(args, devices, server_config))
     # 2. the port: taken before the URL is announced, so a busy one is an error and the banner is always true
     sock = bind_socket(args.host, args.port)
@@ -414,6 +444,20 @@ def _devices(args: argparse.Namespace) -> list[str] | None:
         raise ValueError(f"`--devices` replaces `--device`; give one of them, got --device {args.device!r} and "
                          f"--devices {args.devices!r}")
     return parse_devices(args.devices)
+
+
+def _ray_device(args: argparse.Namespace):
+    """The replicas' device type, for the settings' checks: they run on Ray's workers, which may have GPUs this
+    host lacks (a CPU-only head), so a GPU is assumed when the replicas ask for one or join a cluster."""
+    import torch
+
+    from baton.device import resolve_device
+
+    if args.device == "cpu" or args.num_gpus == 0:
+        return torch.device("cpu")
+    if args.ray_address or args.num_gpus:
+        return torch.device("cuda")
+    return torch.device(resolve_device(args.device).type)
 
 
 def _engine_factory(args: argparse.Namespace, devices: list[str] | None, server_config: ServerConfig):

@@ -69,7 +69,7 @@ hangs. Copied, not imported (that module imports uvicorn and FastAPI); a test ke
 RAY_APP_IMPORT_PATH = "baton.deploy.ray:build_app"
 RAY_SERVE_PORT = 8000
 """Ray Serve's HTTP proxy port; KubeRay's ``<name>-serve-svc`` Service exposes it."""
-DEFAULT_RAY_VERSION = "2.40.0"
+DEFAULT_RAY_VERSION = "2.60.0"
 
 _DNS_LABEL = re.compile(r"[a-z]([-a-z0-9]*[a-z0-9])?")
 _QUANTITY = re.compile(r"[0-9]+(\.[0-9]+)?(m|k|M|G|T|P|E|Ki|Mi|Gi|Ti|Pi|Ei)?")
