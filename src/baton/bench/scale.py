@@ -27,7 +27,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from baton.bench.machine import describe_machine
-from baton.bench.workload import Outcome, closed_loop
+from baton.bench.workload import HUNG, Outcome, closed_loop
 from baton.cluster import Router
 from baton.config import EngineConfig
 from baton.engine import Engine
@@ -39,6 +39,8 @@ IN_PROCESS = "in-process"
 KILL_BACK_TARGET_S = 30.0
 OVERHEAD_TARGET_MS = 2.0
 SPEEDUP_TARGET = 1.6
+RESULT_DEADLINE_S = 120.0
+"""A request of the kill run not settled this long after it was sent counts as lost silently."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -178,57 +180,24 @@ def measure_kill(settings: ScaleSettings) -> dict:
 
         killer = threading.Thread(target=kill_later, daemon=True)
         killer.start()
-        ended = _closed_loop_with_deadline(lambda i: router.submit(router.resolve(settings.request(i))),
-                                           settings.concurrency, settings.kill_requests)
+        outcomes = closed_loop(lambda i: router.submit(router.resolve(settings.request(i))), settings.concurrency,
+                               settings.kill_requests, deadline_s=RESULT_DEADLINE_S)
         killer.join(KILL_BACK_TARGET_S * 4)
         retried = router.retried
-    errors = Counter(error.split(":")[0] for error in ended if error not in (None, HUNG))
+    errors = [outcome.error for outcome in outcomes if outcome.error and not outcome.error.startswith(HUNG)]
     back = killed.get("back")
     return {
         "requests": settings.kill_requests,
-        "served": ended.count(None),
-        "lost_started": sum(1 for error in ended if error and "while denoising" in error),
-        "errors": dict(errors),
+        "served": sum(1 for outcome in outcomes if outcome.error is None),
+        "lost_started": sum(1 for error in errors if "while denoising" in error),
+        "errors": dict(Counter(error.split(":")[0] for error in errors)),
         "retried": retried,
-        "lost_silently": ended.count(HUNG) + settings.kill_requests - len(ended),
+        # a request that never settled, or never came back at all, was lost silently
+        "lost_silently": settings.kill_requests - len(outcomes) + sum(
+            1 for outcome in outcomes if outcome.error and outcome.error.startswith(HUNG)),
         "back_after_s": round(back - killed["at"], 2) if back is not None and "at" in killed else None,
-        "error_messages": sorted({error for error in ended if error not in (None, HUNG)})[:5],
+        "error_messages": sorted(set(errors))[:5],
     }
-
-
-HUNG = "hung"
-RESULT_DEADLINE_S = 120.0
-"""A request of the kill run not settled this long after it was sent counts as lost silently."""
-
-
-def _closed_loop_with_deadline(submit: Callable, clients: int, total: int) -> list[str | None]:
-    """Each request's end: ``None`` (served), its error's text, or ``HUNG`` (no answer within the deadline)."""
-    ended: list[str | None] = []
-    lock = threading.Lock()
-    indices = iter(range(total))
-
-    def client() -> None:
-        while True:
-            with lock:
-                index = next(indices, None)
-            if index is None:
-                return
-            try:
-                submit(index).result(RESULT_DEADLINE_S)
-                end = None
-            except TimeoutError:
-                end = HUNG
-            except Exception as exc:
-                end = f"{type(exc).__name__}: {exc}"
-            with lock:
-                ended.append(end)
-
-    threads = [threading.Thread(target=client, name=f"bench-kill-client-{i}") for i in range(clients)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    return ended
 
 
 def checks(report: dict) -> list[dict]:

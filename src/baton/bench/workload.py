@@ -20,6 +20,10 @@ Submit = Callable[[int], Future]
 """Start request ``i``; the future's result has ``timings`` (a dict of stage → StageTiming) and ``images``."""
 
 
+HUNG = "hung"
+"""How an outcome's error starts when its request never settled (``closed_loop``'s ``deadline_s``)."""
+
+
 @dataclass(slots=True)
 class Outcome:
     """One request as its client saw it."""
@@ -35,9 +39,11 @@ class Outcome:
         return self.finished - self.submitted
 
 
-def closed_loop(submit: Submit, clients: int, total: int, first_index: int = 0) -> list[Outcome]:
+def closed_loop(submit: Submit, clients: int, total: int, first_index: int = 0,
+                deadline_s: float | None = None) -> list[Outcome]:
     """``clients`` threads, each submitting its next request as soon as its previous one returned, until
-    ``total`` requests have been sent."""
+    ``total`` requests have been sent. ``deadline_s``: a request not settled this long after it was sent ends as
+    an error starting ``HUNG`` (the client gives up on it)."""
     outcomes: list[Outcome] = []
     lock = threading.Lock()
     counter = iter(range(first_index, first_index + total))
@@ -49,7 +55,7 @@ def closed_loop(submit: Submit, clients: int, total: int, first_index: int = 0) 
             if index is None:
                 return
             started = time.perf_counter()
-            outcome = _settle(_start(submit, index), started)
+            outcome = _settle(_start(submit, index), started, deadline_s)
             with lock:
                 outcomes.append(outcome)
 
@@ -94,9 +100,11 @@ def _start(submit: Submit, index: int) -> Future:
         return failed
 
 
-def _settle(future: Future, submitted: float) -> Outcome:
+def _settle(future: Future, submitted: float, deadline_s: float | None = None) -> Outcome:
     try:
-        result = future.result()
+        result = future.result(deadline_s)
+    except TimeoutError:
+        return Outcome(submitted, time.perf_counter(), error=f"{HUNG}: no answer within {deadline_s:g} s")
     except Exception as exc:  # counted and reported, never silently dropped
         return Outcome(submitted, time.perf_counter(), error=f"{type(exc).__name__}: {exc}")
     return Outcome(submitted, time.perf_counter(), result.num_images, dict(result.timings))
