@@ -88,6 +88,10 @@ _FLAG_OF_FIELD = {
     **{field: flag for flags in _SERVER_FLAGS.values() for flag, field, _, _ in flags},
     "max_queue": "--max-queue", "max_queued_pixel_steps": "--max-queued-pixel-steps", "max_size": "--max-size",
     "model_max_size": "--max-size", "dtype": "--dtype", "device": "--device", "offload": "--offload",
+    # `baton serve --backend ray` (baton.deploy.ray.RayOptions)
+    "num_gpus": "--num-gpus", "num_cpus": "--num-cpus", "num_replicas": "--replicas", "min_replicas": "--min-replicas",
+    "max_replicas": "--max-replicas", "target_ongoing_requests": "--target-ongoing-requests",
+    "max_ongoing_requests": "--max-ongoing-requests",
 }
 """Settings whose errors (raised by the config classes, in their field names) a user knows by their flags."""
 
@@ -395,7 +399,16 @@ def _serve(args: argparse.Namespace) -> int:
     #    server listens, where its own checks would only turn /healthz red.
     models = tuple(name.strip() for name in args.model.split(",") if name.strip())
     devices = _devices(args)
+    ray_only = [flag for flag, value in (("--num-gpus", args.num_gpus), ("--replicas", args.replicas),
+                                         ("--min-replicas", args.min_replicas), ("--max-replicas", args.max_replicas),
+                                         ("--ray-address", args.ray_address)) if value is not None]
+    if ray_only and args.backend != "ray":
+        verb = "applies" if len(ray_only) == 1 else "apply"
+        raise ValueError(f"{', '.join(f'`{flag}`' for flag in ray_only)} {verb} only with `--backend ray`")
     if args.backend == "ray":
+        if args.threads_per_engine is not None:
+            raise ValueError("`--threads-per-engine` is for the local backend's engine processes; with `--backend "
+                             "ray`, `--num-cpus` sets a replica's threads on a CPU")
         if devices is not None:
             raise ValueError("`--devices` and `--replicas-per-device` are for the local backend; with `--backend "
                              "ray`, Ray places the replicas (`--replicas`, `--num-gpus`)")
@@ -437,9 +450,10 @@ def _devices(args: argparse.Namespace) -> list[str] | None:
     """The engine processes' devices (``--devices``, or ``--device`` with ``--replicas-per-device``); ``None``:
     one engine in this process."""
     from baton.cluster import parse_devices
+    from baton.device import resolve_device
 
-    if args.devices is None:
-        return [args.device] if args.replicas_per_device != 1 else None
+    if args.devices is None:  # "auto" resolved here: a CPU device gets its own default of threads
+        return [str(resolve_device(args.device))] if args.replicas_per_device != 1 else None
     if args.device != EngineConfig.__dataclass_fields__["device"].default:
         raise ValueError(f"`--devices` replaces `--device`; give one of them, got --device {args.device!r} and "
                          f"--devices {args.devices!r}")
@@ -471,6 +485,9 @@ def _engine_factory(args: argparse.Namespace, devices: list[str] | None, server_
     if args.threads_per_engine is not None and args.threads_per_engine < 1:
         raise ValueError(f"`--threads-per-engine` must be >= 1, got {args.threads_per_engine}")
     if devices is None:
+        if args.threads_per_engine is not None:
+            raise ValueError("`--threads-per-engine` applies to engine processes: give `--devices` or "
+                             "`--replicas-per-device` too")
         return Engine
     from baton.cluster import Router
 

@@ -149,6 +149,7 @@ class Engine:
             progress=events.progress,
             preview=events.preview,
             preview_every=events.preview_every,
+            denoising=events.denoising,
             warnings=self.prompt_warnings(request),
         )
         work = pixel_steps(request)

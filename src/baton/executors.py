@@ -167,6 +167,7 @@ class StackedExecutor:
         record = job.records[self.name]
         record.started = Mark(time.perf_counter())
         record.batch_images = job.request.num_images
+        job.report_denoising()
         try:
             generator = torch.Generator("cpu").manual_seed(job.seed)
 

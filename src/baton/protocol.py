@@ -45,6 +45,9 @@ class RequestEvents:
     accepted: AcceptedCallback | None = None
     """Called once the engine has admitted the request (a remote engine: once its process has), before any
     progress; never for a request refused at admission."""
+    denoising: Callable[[], None] | None = None
+    """Called once, when the request joins the denoiser, before its first step: from then on a crash of its
+    engine may be the request's own doing, so a router does not send it elsewhere."""
 
     def __post_init__(self) -> None:
         if self.preview is not None and self.preview_every < 1:

@@ -102,3 +102,19 @@ def test_baton_serve_devices_runs_engine_processes_behind_the_router():
         response = httpx.post(f"{served.url}/v1/generate", json={"prompt": "x", "steps": 2, "width": 64,
                                                                   "height": 64}, timeout=60)
         assert response.status_code == 200 and response.json()["width"] == 64
+
+
+@pytest.mark.parametrize(("flags", "message"), [
+    (["--devices", "0,gpu"], "`--devices` takes a comma-separated list"),
+    (["--devices", "cpu", "--device", "cpu"], "`--devices` replaces `--device`"),
+    (["--replicas-per-device", "0", "--devices", "cpu"], "`--replicas-per-device` must be >= 1"),
+    (["--threads-per-engine", "2"], "`--threads-per-engine` applies to engine processes"),
+    (["--replicas", "2"], "`--replicas` applies only with `--backend ray`"),
+    (["--backend", "ray", "--devices", "cpu,cpu"], "`--devices` and `--replicas-per-device` are for the local"),
+])
+def test_scale_out_flags_that_cannot_apply_are_one_line_errors(flags, message, capsys):
+    from baton.cli import main
+
+    assert main(["serve", "--model", "tiny-sd15", "--port", "0", *flags]) == 2
+    error = capsys.readouterr().err
+    assert message in error and len(error.strip().splitlines()) == 1

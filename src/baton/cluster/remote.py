@@ -44,7 +44,7 @@ class _Sent:
     events: RequestEvents | None
     work: int
     started: bool = False
-    """The process said it started denoising (its first progress message)."""
+    """The process said the request joined its denoiser (the ``started`` message)."""
 
 
 class RemoteEngine:
@@ -131,13 +131,13 @@ class RemoteEngine:
     def submit(self, request: GenerationRequest, events: RequestEvents | None = None) -> Future[GenerationResult]:
         """Check ``request`` here, count it, and send it; bad input and a full engine raise before it is sent."""
         request = self._resolver().resolve(request)
-        if self.state != "ready":
-            raise EngineClosedError(f"engine process {self.name} is {self.state}")
         work = pixel_steps(request)
         request_id = uuid.uuid4().hex
         future: Future[GenerationResult] = Future()
         limit, max_queue = self._described["max_queued_pixel_steps"], self._described["max_queue"]
         with self._lock:  # the process's own admission, from this side's books, so a refusal is synchronous
+            if self.state != "ready":  # checked under the lock the reader takes when the process is gone
+                raise EngineClosedError(f"engine process {self.name} is {self.state}")
             if len(self._sent) >= max_queue:
                 raise QueueFullError(f"engine process {self.name} holds {len(self._sent)} requests, its limit "
                                      "(`max_queue`); retry later")
@@ -190,21 +190,28 @@ class RemoteEngine:
 
     def close(self, drain: bool = True, timeout: float | None = None) -> None:
         """Close the process's engine (finishing or failing what it holds, as :meth:`Engine.close`), then end
-        the process; whatever it never answered fails with :class:`~baton.EngineClosedError`."""
+        the process; whatever it never answered fails with :class:`~baton.EngineClosedError`. A second call
+        waits for the first (at most ``timeout`` and the margin)."""
         with self._lock:
-            previous, self.state = self.state, ("closing" if self.state not in ("closed",) else "closed")
-        if previous == "closed":
+            previous = self.state
+            if previous not in ("closing", "closed"):
+                self.state = "closing"
+        if previous in ("closing", "closed"):
+            self._process.join(None if timeout is None else timeout + CLOSE_MARGIN_S)
             return
         if previous == "ready" and self._send(("close", drain, timeout)):
             self._process.join(None if timeout is None else timeout + CLOSE_MARGIN_S)
-        if self._process.is_alive():  # loading still, or not answering
+        self._end_process()
+        self.state = "closed"
+        self._fail_all(lambda _: EngineClosedError())
+
+    def _end_process(self) -> None:
+        if self._process.is_alive():  # loading still, not answering, or its pipe broke while it runs
             self._process.terminate()
             self._process.join(CLOSE_MARGIN_S)
         if self._process.is_alive():
             self._process.kill()
             self._process.join()
-        self.state = "closed"
-        self._fail_all(lambda _: EngineClosedError())
 
     def kill(self) -> None:
         """``SIGKILL`` the process, as the OOM killer would (tests and the kill bench)."""
@@ -239,12 +246,16 @@ class RemoteEngine:
         kind = message[0]
         if kind == "status":
             self._status, self._status_at = (message[1], message[2]), time.monotonic()
-        elif kind == "progress":
+        elif kind == "started":
             sent = self._sent.get(message[1])
             if sent is not None:
                 sent.started = True
-                if sent.events is not None and sent.events.progress is not None:
-                    _call(sent.events.progress, message[2], message[3])
+                if sent.events is not None and sent.events.denoising is not None:
+                    _call(sent.events.denoising)
+        elif kind == "progress":
+            sent = self._sent.get(message[1])
+            if sent is not None and sent.events is not None and sent.events.progress is not None:
+                _call(sent.events.progress, message[2], message[3])
         elif kind == "preview":
             sent = self._sent.get(message[1])
             if sent is not None and sent.events is not None and sent.events.preview is not None:
@@ -274,8 +285,11 @@ class RemoteEngine:
             self.state = "closed"
 
     def _gone(self) -> None:
-        """The pipe closed: the process ended, on purpose or not."""
+        """The pipe closed, or broke: the process ended, on purpose or not. One that still runs behind a broken
+        pipe is ended too, so it cannot hold a device while its slot is restarted."""
         self._process.join(1.0)
+        if self._process.is_alive() and self.state not in ("closing", "closed"):
+            self._end_process()
         with self._lock:
             closing = self.state in ("closing", "closed")
             if not closing:

@@ -35,8 +35,8 @@ logger = logging.getLogger(__name__)
 RETRY_WAIT_S = 30.0
 """How long a request whose engine died before it started denoising waits for another engine to take it."""
 RESTART_BACKOFF_S = (0.0, 1.0, 2.0, 5.0, 10.0, 30.0)
-"""Delay before each restart of an engine that keeps dying soon after it started (within ``STABLE_AFTER_S``);
-one that ran longer restarts at once."""
+"""Delay before a restart, by how many times in a row the slot's engine died loading or within
+``STABLE_AFTER_S`` of being ready: the first at once, then backing off; one that ran longer restarts at once."""
 STABLE_AFTER_S = 60.0
 _SUPERVISE_EVERY_S = 0.1
 
@@ -90,6 +90,8 @@ class _Slot:
     name: str
     engine: RemoteEngine
     restarts: int = 0
+    quick_deaths: int = 0
+    """Deaths in a row soon after a start (``STABLE_AFTER_S``): how far the next restart backs off."""
     restart_at: float | None = None
     """When the supervisor starts its next process (``None``: none is due)."""
 
@@ -253,8 +255,12 @@ class Router:
     def close(self, drain: bool = True, timeout: float | None = None) -> None:
         """Close every engine process at once (each as :meth:`RemoteEngine.close`); requests waiting for a retry
         fail with :class:`~baton.EngineClosedError`."""
-        self._closed = True
+        with self._lock:
+            self._closed = True
         self._wake.set()
+        supervisor = getattr(self, "_supervisor", None)
+        if supervisor is not None and supervisor is not threading.current_thread():
+            supervisor.join()  # no restart or retry starts after this; the slots hold their last engines
         with self._lock:
             waiting, self._retries = self._retries, []
         for retry in waiting:
@@ -320,13 +326,15 @@ class Router:
     def _retry(self, outer: Future, request: GenerationRequest, events: RequestEvents | None, reason: str) -> None:
         """Send a request again once (its engine died before it started denoising): now if another engine is
         ready, else when one is (a restart), for at most ``RETRY_WAIT_S``."""
-        if outer.done() or self._closed:
-            _set_exception(outer, EngineClosedError() if self._closed else EngineProcessLostError(reason))
+        with self._lock:
+            closed = self._closed
+            if not closed and not outer.done():
+                self.retried += 1
+                self._retries.append(_Retry(outer, request, events, time.monotonic() + RETRY_WAIT_S, reason))
+        if closed:  # close() has drained the retries, or will not see this one
+            _set_exception(outer, EngineClosedError())
             return
         logger.info("retrying a request whose engine process died before it started denoising")
-        with self._lock:
-            self.retried += 1
-            self._retries.append(_Retry(outer, request, events, time.monotonic() + RETRY_WAIT_S, reason))
         self._wake.set()
 
     def _send_retries(self) -> None:
@@ -350,7 +358,11 @@ class Router:
                 continue
             self._link(retry.outer, inner, engine, retry.request, retry.events, retried=True)
         with self._lock:
-            self._retries = still + self._retries
+            closed = self._closed
+            if not closed:
+                self._retries = still + self._retries
+        for retry in still if closed else ():
+            _set_exception(retry.outer, EngineClosedError())
 
     # -- supervision ----------------------------------------------------------------------------------------------
     def _start(self, index: int) -> RemoteEngine:
@@ -363,8 +375,11 @@ class Router:
         if slot is None or self._closed:
             return
         lived = time.monotonic() - (engine.ready_at or engine.started_at)
-        quick = engine.ready_at is None or lived < STABLE_AFTER_S
-        delay = RESTART_BACKOFF_S[min(slot.restarts, len(RESTART_BACKOFF_S) - 1)] if quick else 0.0
+        if engine.ready_at is not None and lived >= STABLE_AFTER_S:
+            slot.quick_deaths, delay = 0, 0.0  # it ran well: a fresh start, at once
+        else:  # died loading or soon after: back off, so a crash loop does not spin
+            delay = RESTART_BACKOFF_S[min(slot.quick_deaths, len(RESTART_BACKOFF_S) - 1)]
+            slot.quick_deaths += 1
         slot.restart_at = time.monotonic() + delay
         logger.warning("engine process %s ended; restarting it in %g s", slot.name, delay)
         self._wake.set()

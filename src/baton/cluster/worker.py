@@ -6,8 +6,8 @@ Messages are tuples whose first item names them.
 - From the serving process: ``("submit", id, request, wants_progress, preview_every, wants_accepted)``,
   ``("cancel", id)``, ``("close", drain, timeout)``.
 - To it: ``("ready", resolver, described)`` or ``("load_failed", text)`` once; then ``("accepted", id,
-  warnings)``, ``("progress", id, done, total)`` (the first is always sent: it says the request started
-  denoising), ``("preview", id, done, total, rgb)``, ``("result", id, result)`` or ``("error", id, exception)``;
+  warnings)``, ``("started", id)`` (it joined the denoiser, before its first step), ``("progress", id, done,
+  total)``, ``("preview", id, done, total, rgb)``, ``("result", id, result)`` or ``("error", id, exception)``;
   ``("status", stats, health)`` every ``STATUS_EVERY_S``; ``("closed",)`` last.
 
 Nothing here is imported by the serving process's hot path: this module is the spawned process's entry point, and
@@ -114,20 +114,13 @@ class _EngineProcess:
         from baton.protocol import RequestEvents
 
         send = self.link.send
-        started = False
-
-        def progress(done: int, total: int) -> None:
-            nonlocal started
-            if wants_progress or not started:  # the first always: the request started denoising
-                started = True
-                send(("progress", request_id, done, total))
-
         events = RequestEvents(
-            progress=progress,
+            progress=(lambda done, total: send(("progress", request_id, done, total))) if wants_progress else None,
             preview=(lambda done, total, rgb: send(("preview", request_id, done, total, rgb))) if preview_every
             else None,
             preview_every=preview_every,
             accepted=(lambda warnings: send(("accepted", request_id, warnings))) if wants_accepted else None,
+            denoising=lambda: send(("started", request_id)),  # always: the router's retry rule rests on it
         )
         try:
             future = self.engine.submit(request, events)
@@ -159,10 +152,10 @@ class _EngineProcess:
 
 
 def _picklable(error: BaseException) -> BaseException:
-    """``error`` if it crosses the pipe, else a RuntimeError with its text (a stage's cause may hold a tensor or
-    a lock)."""
+    """``error`` if it crosses the pipe and can be rebuilt there, else a RuntimeError with its text (a stage's
+    cause may hold a tensor or a lock; an exception with a custom ``__init__`` may not unpickle)."""
     try:
-        pickle.dumps(error)
+        pickle.loads(pickle.dumps(error))
         return error
     except Exception:
         return RuntimeError(f"{type(error).__name__}: {error}")

@@ -105,14 +105,16 @@ def create_app(engine_config: EngineConfig, config: ServerConfig | None = None,
     def readyz() -> Response:
         """Ready: the models are loaded and warmed, the server is not shutting down, and the engine is not stuck
         (requests waiting while no stage finished any work for ``stuck_after_s``)."""
-        if state.engine is None or state.draining or not state.engine.ready:
+        engine = state.engine
+        if engine is None or state.draining or engine.dead or engine.closed:
             status = ("draining" if state.draining else "failed" if state.load_error else
-                      "loading" if state.engine is None else "dead" if state.engine.dead else
-                      "closed" if state.engine.closed else "starting")  # a router whose engines all (re)start
+                      "loading" if engine is None else "dead" if engine.dead else "closed")
             return JSONResponse({"status": status}, status_code=503)
         reason = _stuck_reason(state)
         if reason:
             return JSONResponse({"status": "stuck", "reason": reason}, status_code=503)
+        if not engine.ready:  # a router whose engine processes are all (re)starting
+            return JSONResponse({"status": "starting"}, status_code=503)
         return JSONResponse({"status": "ready", "pending": state.engine.pending})
 
     @app.get("/metrics", tags=["health"], dependencies=[Depends(require_api_key)], response_class=Response)

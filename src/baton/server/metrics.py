@@ -122,14 +122,19 @@ class _EngineCollector(Collector):
             running = GaugeMetricFamily("baton_denoising_requests", "Requests in the denoiser's running batch")
             running.add_metric([], stats["denoising"])
             yield running
-        hits = CounterMetricFamily("baton_prompt_cache_hits", "Prompt-embedding cache hits", labels=["model"])
-        misses = CounterMetricFamily("baton_prompt_cache_misses", "Prompt-embedding cache misses", labels=["model"])
-        for name, cache in stats["prompt_cache"].items():
-            hits.add_metric([name], cache["hits"])
-            misses.add_metric([name], cache["misses"])
+        engines = stats.get("engines")
+        # per engine: an engine process that restarts starts its counts at 0, which a sum would show as a drop
+        hits = CounterMetricFamily("baton_prompt_cache_hits", "Prompt-embedding cache hits",
+                                   labels=["model", "engine"])
+        misses = CounterMetricFamily("baton_prompt_cache_misses", "Prompt-embedding cache misses",
+                                     labels=["model", "engine"])
+        for engine_name, caches in ([("0", stats["prompt_cache"])] if engines is None
+                                    else [(each["name"], each["prompt_cache"]) for each in engines]):
+            for name, cache in caches.items():
+                hits.add_metric([name, engine_name], cache["hits"])
+                misses.add_metric([name, engine_name], cache["misses"])
         yield hits
         yield misses
-        engines = stats.get("engines")
         memory = GaugeMetricFamily("baton_device_memory_bytes", "Memory in use on an engine's device (CUDA: "
                                    "allocated by torch; CPU: the engine process's resident set)",
                                    labels=["device", "engine"])

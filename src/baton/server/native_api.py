@@ -83,12 +83,18 @@ async def _stream(state: ServerState, body: GenerateRequest, request: Generation
     # The headers carry the warnings, so they wait for the engine to take the request (an engine process says
     # so over its pipe); one it refuses there still gets a plain JSON error. Events that overtake it are kept.
     early: list[tuple] = []
+    deadline = loop.time() + timeout_for(state, body.timeout_s)  # one deadline, headers and stream together
     while True:
         try:
-            event = await asyncio.wait_for(events.get(), timeout_for(state, body.timeout_s))
+            event = await asyncio.wait_for(events.get(), max(0.0, deadline - loop.time()))
         except TimeoutError:
-            cancel(state, future)
+            if cancel(state, future):
+                state.metrics.cancelled.labels("timeout").inc()
             raise from_engine_error(TimeoutError()) from None
+        except asyncio.CancelledError:  # the client left before the headers
+            if cancel(state, future):
+                state.metrics.cancelled.labels("client_disconnected").inc()
+            raise
         if event[0] == "accepted":
             warnings = event[3]
             break
@@ -104,7 +110,7 @@ async def _stream(state: ServerState, body: GenerateRequest, request: Generation
         events.put_nowait(event)
 
     async def stream() -> AsyncIterator[str]:
-        deadline = loop.time() + timeout_for(state, body.timeout_s)
+        nonlocal deadline
         while True:
             try:
                 kind, done, total, rgb = await asyncio.wait_for(events.get(), max(0.0, deadline - loop.time()))
@@ -195,5 +201,6 @@ def list_models(http_request: Request) -> dict:
 def stats(http_request: Request) -> dict:
     """What is in flight now and the recent throughput (the playground's live panel reads this)."""
     state = server_state(http_request)
-    engine = state.ready_engine()
+    # loaded is enough: while a router's engines all restart is when their stats matter most
+    engine = state.engine if state.engine is not None and not state.draining else state.ready_engine()
     return {**engine.stats(), "images_per_second": round(state.metrics.images_per_second(), 3)}

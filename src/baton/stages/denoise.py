@@ -250,6 +250,7 @@ class DenoiseStage(Stage):
         request = job.request
         runner = job.runner
         job.records[self.name].started = self.stream.mark()
+        job.report_denoising()
         self.stream.wait(job.ready, *job.embeddings.tensors.values())
         scheduler = runner.schedulers.new(request.scheduler)
         scheduler.set_timesteps(request.steps, device="cpu")

@@ -51,6 +51,8 @@ class Job:
     progress: ProgressCallback | None = None
     preview: PreviewCallback | None = None
     preview_every: int = 0
+    denoising: Callable[[], None] | None = None
+    """Called once, when the request starts denoising (before its first step)."""
     warnings: list[str] = field(default_factory=list)
     records: dict[str, StageRecord] = field(default_factory=dict)
     # Stage outputs. `ready` is the producing stage's CUDA event for the tensors (None on a CPU).
@@ -67,6 +69,15 @@ class Job:
 
     def enter(self, stage: str, now: float) -> None:
         self.records[stage] = StageRecord(enqueued=now)
+
+    def report_denoising(self) -> None:
+        if self.denoising is None:
+            return
+        try:
+            self.denoising()
+        except Exception:  # a caller's callback must never break the batch it rides in
+            logger.exception("denoising callback of request %s raised; ignoring it", self.request_id)
+        self.denoising = None
 
     def report_progress(self, steps_done: int, steps_total: int) -> None:
         if self.progress is None:
