@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import functools
+import signal
+import threading
 import time
+from pathlib import Path
 
 import httpx
 import pytest
@@ -95,13 +98,29 @@ def test_readiness_stays_green_while_one_engine_restarts(routed):
     assert metric(url, "baton_engine_restarts_total", engine="1:cpu") == 1.0
 
 
-def test_baton_serve_devices_runs_engine_processes_behind_the_router():
+def test_baton_serve_devices_drains_on_sigterm_and_leaves_no_engine_process_behind():
     with serve_process("--model", "tiny-sd15", "--devices", "cpu,cpu") as served:
         stats = httpx.get(f"{served.url}/v1/stats").json()
-        assert len(stats["engines"]) == 2
-        response = httpx.post(f"{served.url}/v1/generate", json={"prompt": "x", "steps": 2, "width": 64,
-                                                                  "height": 64}, timeout=60)
-        assert response.status_code == 200 and response.json()["width"] == 64
+        pids = [engine["pid"] for engine in stats["engines"]]
+        assert len(pids) == 2
+        in_flight: dict = {}
+
+        def slow_request() -> None:
+            in_flight["response"] = httpx.post(f"{served.url}/v1/generate", timeout=120,
+                                               json={"prompt": "slow", "steps": 60, "width": 128, "height": 128})
+
+        sender = threading.Thread(target=slow_request)
+        sender.start()
+        while httpx.get(f"{served.url}/v1/stats").json()["pending"] == 0:  # admitted
+            time.sleep(0.01)
+        served.process.send_signal(signal.SIGTERM)
+        sender.join(120)
+        assert in_flight["response"].status_code == 200 and in_flight["response"].json()["width"] == 128
+        assert served.process.wait(60) == -signal.SIGTERM
+    deadline = time.monotonic() + 10
+    while any(Path(f"/proc/{pid}").exists() for pid in pids):  # the engine processes ended with the server
+        assert time.monotonic() < deadline, "an engine process outlived its server"
+        time.sleep(0.1)
 
 
 @pytest.mark.parametrize(("flags", "message"), [

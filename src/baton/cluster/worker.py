@@ -29,6 +29,7 @@ from baton.config import EngineConfig
 
 logger = logging.getLogger(__name__)
 
+_CLOSING_POLL_S = 0.05
 STATUS_EVERY_S = 0.2
 """How often the process reports its stats and health: the router's view of its load between requests, and
 its heartbeat (a process that stops reporting while it holds requests is stuck)."""
@@ -88,26 +89,34 @@ class _EngineProcess:
     def serve(self) -> None:
         self.link.send(("ready", self.engine.resolver, self.engine.describe()))
         threading.Thread(target=self._report, name="baton-engine-status", daemon=True).start()
+        closer: threading.Thread | None = None
         try:
-            while True:
+            # while a close drains (in its own thread) messages are still read: a client that leaves during the
+            # drain has its request dropped at the next step, as in one process
+            while closer is None or closer.is_alive():
                 try:
+                    if closer is not None and not self.link.conn.poll(_CLOSING_POLL_S):
+                        continue
                     message = self.link.conn.recv()
                 except (EOFError, OSError):  # the serving process is gone
                     self.engine.close(drain=False, timeout=2.0)
                     return
                 kind = message[0]
                 if kind == "submit":
-                    self._submit(*message[1:])
+                    self._submit(*message[1:])  # while closing, the engine refuses it: the other side hears why
                 elif kind == "cancel":
                     future = self.futures.get(message[1])
                     if future is not None:
                         future.cancel()  # the engine drops its remaining work at the next step
-                elif kind == "close":
-                    self.engine.close(drain=message[1], timeout=message[2])
-                    self.link.send(("closed",))
-                    return
+                elif kind == "close" and closer is None:
+                    closer = threading.Thread(target=self._close, args=message[1:], name="baton-engine-close")
+                    closer.start()
         finally:
             self._stopped.set()
+
+    def _close(self, drain: bool, timeout: float | None) -> None:
+        self.engine.close(drain=drain, timeout=timeout)
+        self.link.send(("closed",))
 
     def _submit(self, request_id: str, request, wants_progress: bool, preview_every: int,
                 wants_accepted: bool) -> None:
