@@ -22,6 +22,7 @@ from rich.table import Table
 from rich.text import Text
 
 from baton import __version__
+from baton.cluster.cli_args import add_scale_out_args, engine_factory, run_on_ray, serve_placement
 from baton.config import DTYPE_NAMES, ENGINE_MODES, EngineConfig, RequestLimits
 from baton.optim.cli_args import add_optimization_args, config_from_args
 from baton.request import DEFAULT_STEPS, parse_size
@@ -205,31 +206,7 @@ def _parser() -> argparse.ArgumentParser:
             else:
                 groups[title].add_argument(flag, dest=field, type=kind, default=server_default[field],
                                            help=help_text, metavar=flag.removeprefix("--").replace("-", "_").upper())
-    scaling = serve.add_argument_group("scaling out (docs/deployment.md)")
-    scaling.add_argument("--devices", default=None, metavar="LIST",
-                         help="one engine process per device behind a router in this process: GPU indices (0,1,2,3), "
-                              "cuda:N or cpu (cpu,cpu: two CPU engines); replaces --device")
-    scaling.add_argument("--replicas-per-device", type=int, default=1, metavar="K",
-                         help="engine processes per device (GPU sharing: each may use 0.95/K of its memory)")
-    scaling.add_argument("--threads-per-engine", type=int, default=None, metavar="N",
-                         help="intra-op threads per engine process (default: 1 on a CPU; on GPUs the host's cores "
-                              "divided among the processes)")
-    scaling.add_argument("--backend", choices=("local", "ray"), default="local",
-                         help="local: engines in this process (or --devices' processes); ray: Ray Serve replicas "
-                              "(pip install 'baton[ray]')")
-    ray_group = serve.add_argument_group("Ray Serve (--backend ray; docs/deployment.md)")
-    ray_group.add_argument("--num-gpus", type=float, default=None,
-                           help="GPUs per replica; a fraction shares a GPU (default: 1; 0 with --device cpu)")
-    ray_group.add_argument("--num-cpus", type=float, default=1.0, help="CPUs per replica")
-    ray_group.add_argument("--replicas", type=int, default=None, help="a fixed number of replicas (default 1)")
-    ray_group.add_argument("--min-replicas", type=int, default=None, help="autoscaling: fewest replicas")
-    ray_group.add_argument("--max-replicas", type=int, default=None, help="autoscaling: most replicas")
-    ray_group.add_argument("--target-ongoing-requests", type=float, default=4.0,
-                           help="autoscaling: in-flight requests per replica to aim at")
-    ray_group.add_argument("--max-ongoing-requests", type=int, default=16,
-                           help="most requests Ray sends one replica at once")
-    ray_group.add_argument("--ray-address", default=None,
-                           help="join this cluster (auto, HOST:PORT, ray://HOST:10001); default: a Ray of its own")
+    add_scale_out_args(serve)
     add_optimization_args(serve)
     serve.set_defaults(handler=_serve)
 
@@ -389,7 +366,7 @@ def _engine(args: argparse.Namespace, **fields):
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from baton.device import resolve_device, resolve_dtype
+    from baton.device import resolve_dtype
     from baton.optim import check_optimizations
     from baton.server import create_app
     from baton.server.auth import load_api_keys
@@ -398,25 +375,7 @@ def _serve(args: argparse.Namespace) -> int:
     # 1. settings: whatever cannot run fails here, in one line. The engine loads in the background once the
     #    server listens, where its own checks would only turn /healthz red.
     models = tuple(name.strip() for name in args.model.split(",") if name.strip())
-    devices = _devices(args)
-    ray_only = [flag for flag, value in (("--num-gpus", args.num_gpus), ("--replicas", args.replicas),
-                                         ("--min-replicas", args.min_replicas), ("--max-replicas", args.max_replicas),
-                                         ("--ray-address", args.ray_address)) if value is not None]
-    if ray_only and args.backend != "ray":
-        verb = "applies" if len(ray_only) == 1 else "apply"
-        raise ValueError(f"{', '.join(f'`{flag}`' for flag in ray_only)} {verb} only with `--backend ray`")
-    if args.backend == "ray":
-        if args.threads_per_engine is not None:
-            raise ValueError("`--threads-per-engine` is for the local backend's engine processes; with `--backend "
-                             "ray`, `--num-cpus` sets a replica's threads on a CPU")
-        if devices is not None:
-            raise ValueError("`--devices` and `--replicas-per-device` are for the local backend; with `--backend "
-                             "ray`, Ray places the replicas (`--replicas`, `--num-gpus`)")
-        device = _ray_device(args)  # where the replicas run, which need not be this host
-    else:
-        device = resolve_device(devices[0] if devices else args.device)
-        for other in devices or ():
-            resolve_device(other)  # a device that is not here fails now
+    devices, device = serve_placement(args)
     engine_config = config_from_args(args, device.type, models=models, device=args.device, dtype=args.dtype,
                                      max_queue=args.max_queue, mode=args.mode, limits=_limits(args, models),
                                      max_queued_pixel_steps=args.max_queued_pixel_steps)
@@ -426,15 +385,9 @@ def _serve(args: argparse.Namespace) -> int:
     server_config = ServerConfig(api_keys=keys, **{field: getattr(args, field) for flags in _SERVER_FLAGS.values()
                                                    for _, field, _, _ in flags})
     if args.backend == "ray":
-        from baton.deploy.ray import RayOptions, run_ray
-
-        options = RayOptions(num_gpus=args.num_gpus, num_cpus=args.num_cpus, num_replicas=args.replicas,
-                             min_replicas=args.min_replicas, max_replicas=args.max_replicas,
-                             target_ongoing_requests=args.target_ongoing_requests,
-                             max_ongoing_requests=args.max_ongoing_requests, address=args.ray_address)
-        return run_ray(engine_config, server_config, options, args.host, args.port,
-                       announce=lambda text: console.print(text, highlight=False, soft_wrap=True))
-    app = create_app(engine_config, server_config, _engine_factory(args, devices, server_config))
+        return run_on_ray(args, engine_config, server_config,
+                          announce=lambda text: console.print(text, highlight=False, soft_wrap=True))
+    app = create_app(engine_config, server_config, engine_factory(args, devices, server_config.stuck_after_s))
     # 2. the port: taken before the URL is announced, so a busy one is an error and the banner is always true
     sock = bind_socket(args.host, args.port)
     logging.getLogger("baton.server").setLevel(logging.INFO)
@@ -444,55 +397,6 @@ def _serve(args: argparse.Namespace) -> int:
                   highlight=False, soft_wrap=True)
     # 3. serve until SIGTERM or Ctrl-C, then drain (baton.server.run)
     return serve(app, sock)
-
-
-def _devices(args: argparse.Namespace) -> list[str] | None:
-    """The engine processes' devices (``--devices``, or ``--device`` with ``--replicas-per-device``); ``None``:
-    one engine in this process."""
-    from baton.cluster import parse_devices
-    from baton.device import resolve_device
-
-    if args.devices is None:  # "auto" resolved here: a CPU device gets its own default of threads
-        return [str(resolve_device(args.device))] if args.replicas_per_device != 1 else None
-    if args.device != EngineConfig.__dataclass_fields__["device"].default:
-        raise ValueError(f"`--devices` replaces `--device`; give one of them, got --device {args.device!r} and "
-                         f"--devices {args.devices!r}")
-    return parse_devices(args.devices)
-
-
-def _ray_device(args: argparse.Namespace):
-    """The replicas' device type, for the settings' checks: they run on Ray's workers, which may have GPUs this
-    host lacks (a CPU-only head), so a GPU is assumed when the replicas ask for one or join a cluster."""
-    import torch
-
-    from baton.device import resolve_device
-
-    if args.device == "cpu" or args.num_gpus == 0:
-        return torch.device("cpu")
-    if args.ray_address or args.num_gpus:
-        return torch.device("cuda")
-    return torch.device(resolve_device(args.device).type)
-
-
-def _engine_factory(args: argparse.Namespace, devices: list[str] | None, server_config: ServerConfig):
-    """What serves the requests: an Engine in this process, or a router over engine processes."""
-    import functools
-
-    from baton import Engine
-
-    if args.replicas_per_device < 1:
-        raise ValueError(f"`--replicas-per-device` must be >= 1, got {args.replicas_per_device}")
-    if args.threads_per_engine is not None and args.threads_per_engine < 1:
-        raise ValueError(f"`--threads-per-engine` must be >= 1, got {args.threads_per_engine}")
-    if devices is None:
-        if args.threads_per_engine is not None:
-            raise ValueError("`--threads-per-engine` applies to engine processes: give `--devices` or "
-                             "`--replicas-per-device` too")
-        return Engine
-    from baton.cluster import Router
-
-    return functools.partial(Router, devices=devices, replicas_per_device=args.replicas_per_device,
-                             threads_per_engine=args.threads_per_engine, stuck_after_s=server_config.stuck_after_s)
 
 
 def _demo(args: argparse.Namespace) -> int:
