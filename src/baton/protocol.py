@@ -43,8 +43,9 @@ class RequestEvents:
     preview_every: int = 0
     """Call ``preview`` every this many steps (not at the last; the image follows)."""
     accepted: AcceptedCallback | None = None
-    """Called once the engine has admitted the request (a remote engine: once its process has), before any
-    progress; never for a request refused at admission."""
+    """Called once the engine has admitted the request (a remote engine: once its process has); never for a
+    request refused at admission. Progress may overtake it (the denoiser can start before ``submit`` returns):
+    a caller that waits for it keeps what arrives first."""
     denoising: Callable[[], None] | None = None
     """Called once, when the request joins the denoiser, before its first step: from then on a crash of its
     engine may be the request's own doing, so a router does not send it elsewhere."""

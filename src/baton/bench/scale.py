@@ -221,18 +221,10 @@ def checks(report: dict) -> list[dict]:
     return found
 
 
-class _InProcess:
-    """The in-process Engine with the router's call shape."""
-
-    def __init__(self, config: EngineConfig) -> None:
-        self.engine = Engine(config)
-        self.resolve, self.submit, self.close = self.engine.resolve, self.engine.submit, self.engine.close
-
-
 def _start_layout(settings: ScaleSettings, layout: str):
     parsed = parse_layout(layout)
     if parsed is None:
-        return _InProcess(settings.engine_config())
+        return Engine(settings.engine_config())  # resolve, submit and close, as a router has
     processes, threads = parsed
     router = Router(settings.engine_config(), [settings.device], replicas_per_device=processes,
                     threads_per_engine=threads)

@@ -267,7 +267,7 @@ class RemoteEngine:
         elif kind == "result":
             sent = self._sent.get(message[1])
             if sent is not None:
-                _settle(sent.future, lambda: sent.future.set_result(message[2]))
+                set_result(sent.future, message[2])
         elif kind == "error":
             self._fail(message[1], message[2])
         elif kind == "ready":
@@ -312,13 +312,13 @@ class RemoteEngine:
     def _fail(self, request_id: str, error: BaseException) -> None:
         sent = self._sent.get(request_id)
         if sent is not None:
-            _settle(sent.future, lambda: sent.future.set_exception(error))
+            set_exception(sent.future, error)
 
     def _fail_all(self, error_for: Callable[[_Sent], BaseException]) -> None:
         with self._lock:
             held = list(self._sent.values())
         for sent in held:
-            _settle(sent.future, lambda sent=sent: sent.future.set_exception(error_for(sent)))
+            set_exception(sent.future, error_for(sent))
 
     def _settled(self, request_id: str, future: Future) -> None:
         with self._lock:
@@ -329,10 +329,19 @@ class RemoteEngine:
             self._send(("cancel", request_id))  # the process drops its remaining work at the next step
 
 
-def _settle(future: Future, settle: Callable[[], None]) -> None:
+def set_result(future: Future, result: Any) -> None:
+    """Settle ``future`` unless its caller cancelled it meanwhile (then nothing is owed)."""
     try:
-        settle()
-    except InvalidStateError:  # cancelled meanwhile: nothing is owed
+        future.set_result(result)
+    except InvalidStateError:
+        pass
+
+
+def set_exception(future: Future, error: BaseException) -> None:
+    """Fail ``future`` unless its caller cancelled it meanwhile."""
+    try:
+        future.set_exception(error)
+    except InvalidStateError:
         pass
 
 

@@ -16,13 +16,13 @@ import os
 import threading
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import Future, InvalidStateError
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
-from baton.cluster.remote import RemoteEngine
+from baton.cluster.remote import RemoteEngine, set_exception, set_result
 from baton.config import EngineConfig
 from baton.engine import memory_bytes
 from baton.errors import EngineClosedError, EngineProcessLostError
@@ -139,7 +139,6 @@ class Router:
         self.retried = 0
         """Requests sent again after their engine process died before they started denoising."""
         self._wake = threading.Event()
-        self.resolver: RequestResolver | None = None
         count = len(devices) * replicas_per_device
         cpu_threads = threads_per_engine or 1
         gpu_threads = threads_per_engine or max(1, (os.cpu_count() or 1) // count)
@@ -164,7 +163,9 @@ class Router:
                                    for slot in self._slots)
                 self.close(drain=False, timeout=1.0)
                 raise ValueError(f"no engine process could start: {errors}")
-        self._resolver()  # from the first ready engine: every engine loads the same models with the same limits
+        # from the first ready engine: every engine loads the same models with the same limits
+        self.resolver: RequestResolver = next(
+            slot.engine.resolver for slot in self._slots if slot.engine.resolver is not None)
         # 2. supervise: restarts, retries waiting for an engine
         self._supervisor = threading.Thread(target=self._supervise, name="baton-router", daemon=True)
         self._supervisor.start()
@@ -195,14 +196,14 @@ class Router:
 
     # -- the seam -------------------------------------------------------------------------------------------------
     def resolve(self, request: GenerationRequest | None = None, /, **fields: Any) -> GenerationRequest:
-        return self._resolver().resolve(request, **fields)
+        return self.resolver.resolve(request, **fields)
 
     def submit(self, request: GenerationRequest, events: RequestEvents | None = None) -> Future[GenerationResult]:
         """Route ``request`` to the least-loaded ready engine holding its model; bad input, a full engine or no
         ready engine raise here."""
         if self._closed:
             raise EngineClosedError("the router is closed")
-        request = self._resolver().resolve(request)
+        request = self.resolver.resolve(request)
         outer: Future[GenerationResult] = Future()
         inner, engine = self._route(request, events)
         self._link(outer, inner, engine, request, events, retried=False)
@@ -264,7 +265,7 @@ class Router:
         with self._lock:
             waiting, self._retries = self._retries, []
         for retry in waiting:
-            _set_exception(retry.outer, EngineClosedError())
+            set_exception(retry.outer, EngineClosedError())
         closers = [threading.Thread(target=slot.engine.close, args=(drain, timeout), daemon=True)
                    for slot in self._slots]
         for closer in closers:
@@ -279,14 +280,6 @@ class Router:
         self.close()
 
     # -- routing --------------------------------------------------------------------------------------------------
-    def _resolver(self) -> RequestResolver:
-        if self.resolver is None:
-            ready = next((slot.engine for slot in self._slots if slot.engine.resolver is not None), None)
-            if ready is None:
-                raise EngineClosedError("no engine process is ready yet")
-            self.resolver = ready.resolver  # every engine loads the same models with the same limits
-        return self.resolver
-
     def _loads(self) -> list[EngineLoad]:
         loads = []
         for slot in self._slots:
@@ -314,11 +307,11 @@ class Router:
                 return
             error = settled.exception()
             if error is None:
-                _set_result(outer, settled.result())
+                set_result(outer, settled.result())
             elif isinstance(error, EngineProcessLostError) and not error.started and not retried:
                 self._retry(outer, request, events, str(error))
             else:
-                _set_exception(outer, error)
+                set_exception(outer, error)
 
         outer.add_done_callback(lambda settled: inner.cancel() if settled.cancelled() else None)
         inner.add_done_callback(inner_done)
@@ -332,7 +325,7 @@ class Router:
                 self.retried += 1
                 self._retries.append(_Retry(outer, request, events, time.monotonic() + RETRY_WAIT_S, reason))
         if closed:  # close() has drained the retries, or will not see this one
-            _set_exception(outer, EngineClosedError())
+            set_exception(outer, EngineClosedError())
             return
         logger.info("retrying a request whose engine process died before it started denoising")
         self._wake.set()
@@ -350,11 +343,11 @@ class Router:
                 if now < retry.deadline:
                     still.append(retry)
                 else:
-                    _set_exception(retry.outer, EngineProcessLostError(
+                    set_exception(retry.outer, EngineProcessLostError(
                         f"{retry.reason}; no engine process could take it within {RETRY_WAIT_S:g} s", started=False))
                 continue
             except Exception as exc:  # a full engine: the retry ends with that answer
-                _set_exception(retry.outer, exc)
+                set_exception(retry.outer, exc)
                 continue
             self._link(retry.outer, inner, engine, retry.request, retry.events, retried=True)
         with self._lock:
@@ -362,7 +355,7 @@ class Router:
             if not closed:
                 self._retries = still + self._retries
         for retry in still if closed else ():
-            _set_exception(retry.outer, EngineClosedError())
+            set_exception(retry.outer, EngineClosedError())
 
     # -- supervision ----------------------------------------------------------------------------------------------
     def _start(self, index: int) -> RemoteEngine:
@@ -428,16 +421,3 @@ def choose_any(loads: Sequence[EngineLoad]) -> bool:
     """Whether any engine can take work now (for readiness)."""
     return any(load.ready and not load.stuck for load in loads)
 
-
-def _set_result(future: Future, result: Any) -> None:
-    try:
-        future.set_result(result)
-    except InvalidStateError:  # cancelled by its caller meanwhile
-        pass
-
-
-def _set_exception(future: Future, error: BaseException) -> None:
-    try:
-        future.set_exception(error)
-    except InvalidStateError:
-        pass
