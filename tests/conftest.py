@@ -14,6 +14,7 @@ import torch
 
 from baton import Engine, GenerationRequest
 from baton.config import DenoiseConfig, StageConfig
+from baton.executors import stacked_pipeline
 from baton.models.runner import ModelRunner
 
 TOLERANCE = 1e-5  # max abs difference on pixels in [0, 1] between baton and diffusers for the same seed
@@ -21,16 +22,9 @@ TOLERANCE = 1e-5  # max abs difference on pixels in [0, 1] between baton and dif
 
 def reference_pixels(runner: ModelRunner, request: GenerationRequest) -> np.ndarray:
     """What the plain diffusers pipeline produces for ``request`` (defaults already resolved): [n, H, W, 3]."""
-    pipe = runner.pipeline_with_scheduler(request.scheduler)
+    pipe = stacked_pipeline(runner, request.scheduler)
     return pipe(
-        prompt=request.prompt,
-        negative_prompt=request.negative_prompt,
-        num_images_per_prompt=request.num_images,
-        width=request.width,
-        height=request.height,
-        num_inference_steps=request.steps,
-        guidance_scale=request.guidance_scale,
-        generator=torch.Generator("cpu").manual_seed(request.seed),
+        **runner.pipeline_arguments(request), generator=torch.Generator("cpu").manual_seed(request.seed),
         output_type="np",
     ).images
 

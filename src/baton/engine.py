@@ -73,8 +73,8 @@ class Engine:
             runner = load_model(name, self.device, self.dtype)
             if self.config.batch_invariant is not None:
                 runner.batch_invariant = self.config.batch_invariant
-            runner.optimizations = apply_optimizations(runner, self.config, show_progress=sys.stderr.isatty())
-            for line in runner.optimizations:
+            runner.optimized = apply_optimizations(runner, self.config, show_progress=sys.stderr.isatty())
+            for line in runner.optimized.lines:
                 logger.info("%s: %s", name, line)
             self.runners[name] = runner
         self.default_model = self.config.models[0]
@@ -354,7 +354,8 @@ class Engine:
 def _model_spec(name: str, runner: ModelRunner, max_size: int) -> ModelSpec:
     schedulers = runner.schedulers
     limited = {sampler: schedulers.max_steps(sampler) for sampler in schedulers.names}
-    return ModelSpec(name=name, default_size=runner.default_size,
+    return ModelSpec(name=name, default_size=runner.default_size, size_multiple=runner.size_multiple,
+                     negative_prompt=runner.negative_prompt,
                      default_guidance_scale=runner.default_guidance_scale, max_size=max_size,
                      schedulers=schedulers.names, unsupported_schedulers=dict(schedulers.unsupported),
                      sampler_max_steps={sampler: steps for sampler, steps in limited.items() if steps is not None})

@@ -10,12 +10,14 @@ from collections.abc import Callable
 from typing import Protocol
 
 import torch
+from diffusers import DiffusionPipeline
 
 from baton.config import EngineConfig, StageConfig
 from baton.device import Mark, set_thread_cpu_threads
 from baton.errors import EngineClosedError, StageError
-from baton.models.runner import PipelineInterrupted
-from baton.request import pixel_steps
+from baton.models.builtin import quiet_casts
+from baton.models.runner import ModelRunner
+from baton.request import GenerationRequest, pixel_steps
 from baton.stage_names import IMAGE_ENCODE, PIPELINE
 from baton.stages import SENTINEL, DenoiseStage, ImageEncodeStage, Job, Stage, TextEncodeStage, VaeDecodeStage
 from baton.stages.base import WorkClock
@@ -97,6 +99,48 @@ class StagedExecutor:
         return finished
 
 
+class PipelineInterrupted(Exception):
+    """Raised from a stacked pipeline's step callback to stop a request nobody waits for any more."""
+
+
+def stacked_pipeline(runner: ModelRunner, scheduler: str) -> DiffusionPipeline:
+    """A plain diffusers pipeline sharing ``runner``'s modules, with its own copy of sampler ``scheduler``."""
+    # from_pipe casts every module to its `dtype` (float32 when not given), and these modules are shared with the
+    # staged path: pass ours so the cast is a no-op, and mute its warning about casting.
+    with quiet_casts():
+        # the VAE is passed on explicitly: from_pipe drops a tiny autoencoder, whose class it does not expect
+        pipe = runner.pipeline_class.from_pipe(
+            runner.pipeline, scheduler=runner.schedulers.new(scheduler), vae=runner.pipeline.vae, dtype=runner.dtype
+        )
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def run_stacked(
+    pipe: DiffusionPipeline,
+    runner: ModelRunner,
+    request: GenerationRequest,
+    generator: torch.Generator,
+    on_step: Callable[[int, int, torch.Tensor], bool] | None = None,
+) -> torch.Tensor:
+    """The plain diffusers pipeline call for one request: pixels [n, 3, H, W] in [0, 1].
+
+    ``on_step(steps_done, steps_total, latents)`` runs after each step (diffusers' ``callback_on_step_end``);
+    returning ``True`` interrupts the remaining steps."""
+    # (no `runner.running()` here: the options it serves, model offload and attention kernels, are staged-only)
+    callback = None
+    if on_step is not None:
+
+        def callback(pipe, step: int, timestep, tensors: dict) -> dict:
+            if on_step(step + 1, pipe.num_timesteps, tensors["latents"]):
+                # not diffusers' `_interrupt`, which skips the steps but still decodes for nobody
+                raise PipelineInterrupted
+            return tensors
+
+    return pipe(**runner.pipeline_arguments(request), generator=generator, output_type="pt",
+                callback_on_step_end=callback).images
+
+
 class StackedExecutor:
     """The baseline: one worker thread that calls the plain diffusers pipeline for each request in turn."""
 
@@ -110,6 +154,7 @@ class StackedExecutor:
         self._cpu_threads = torch.get_num_threads()  # the whole pipeline on one thread, with every core
         self._clock = WorkClock()
         self._current: Job | None = None
+        self._pipelines: dict[tuple[str, str], DiffusionPipeline] = {}  # (model, sampler) -> its pipeline
         self._thread = threading.Thread(target=self._work, name="baton-stacked", daemon=True)
 
     def start(self) -> None:
@@ -177,8 +222,11 @@ class StackedExecutor:
                 job.report_preview(done, total, latents)
                 return job.done or self._abort.is_set()  # cancelled, timed out or closing: stop stepping
 
+            key = (job.runner.name, job.request.scheduler)
+            if key not in self._pipelines:
+                self._pipelines[key] = stacked_pipeline(job.runner, job.request.scheduler)
             try:
-                pixels = job.runner.run_pipeline(job.request, generator, on_step)
+                pixels = run_stacked(self._pipelines[key], job.runner, job.request, generator, on_step)
             except PipelineInterrupted:  # cancelled, timed out, or the engine is closing without draining
                 job.fail(EngineClosedError())  # a no-op when the caller already cancelled it
                 return

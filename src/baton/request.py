@@ -121,13 +121,17 @@ def validate_request(
     unsupported_schedulers: dict[str, str] | None = None,
     sampler_max_steps: int | None = None,
     max_size: int | None = None,
+    size_multiple: int = 1,
+    no_negative_prompt: str | None = None,
 ) -> None:
     """Refuse a request that cannot be served, naming the field, the value and what is allowed.
 
     ``schedulers``: the sampler names the request's model can use; ``unsupported_schedulers``: the names it
     cannot, with the reason (told to the user rather than a bare "must be one of"); ``sampler_max_steps``: the
     request's sampler's own step limit, if it has one (LCM's); ``max_size``: the request's model's largest side
-    (``RequestLimits.max_size_for``), when the limits do not set one.
+    (``RequestLimits.max_size_for``), when the limits do not set one; ``size_multiple``: the model's own multiple
+    for sizes (sizes must be multiples of it and of the limits'); ``no_negative_prompt``: why the model takes no
+    negative prompt, if it takes none.
     ``width``/``height``/``guidance_scale`` must already be resolved to the model's defaults when ``None``.
     """
     # 1. routing: the model decides every default, so an unknown one is the first thing to report
@@ -137,6 +141,8 @@ def validate_request(
            "must be a non-empty string")
     _check(request.negative_prompt is None or isinstance(request.negative_prompt, str), "negative_prompt",
            request.negative_prompt, "must be a string or None")
+    _check(request.negative_prompt is None or no_negative_prompt is None, "negative_prompt", request.negative_prompt,
+           f"must be unset for model {request.model!r}: {no_negative_prompt}")
     for name in ("prompt", "negative_prompt"):  # lone surrogates (from JSON "\ud800") break the tokenizer
         text = getattr(request, name)
         _check(text is None or _is_unicode_text(text), name, text, "must be valid Unicode text")
@@ -144,14 +150,16 @@ def validate_request(
     _check(_is_int(request.num_images) and 1 <= request.num_images <= limits.max_images, "num_images",
            request.num_images, f"must be an integer between 1 and {limits.max_images}")
     largest = max_size if max_size is not None else limits.max_size
+    multiple = math.lcm(limits.size_multiple, size_multiple)
     for name in ("width", "height"):
         value = getattr(request, name)
         _check(
-            _is_int(value) and limits.min_size <= value <= (largest or value) and value % limits.size_multiple == 0,
+            _is_int(value) and limits.min_size <= value <= (largest or value) and value % multiple == 0,
             name,
             value,
-            f"must be a multiple of {limits.size_multiple} between {limits.min_size} and {largest}"
-            + (f" (the limit of model {request.model!r})" if max_size is not None else ""),
+            f"must be a multiple of {multiple} between {limits.min_size} and {largest}"
+            + (f" (the limit of model {request.model!r})" if max_size is not None or multiple != limits.size_multiple
+               else ""),
         )
     # 4. sampling
     _check(_is_int(request.steps) and 1 <= request.steps <= limits.max_steps, "steps", request.steps,

@@ -31,6 +31,10 @@ class ModelSpec:
     """Sampler names it refuses, with the reason told to the user."""
     sampler_max_steps: dict[str, int]
     """Samplers with a step limit of their own (LCM's), and that limit."""
+    size_multiple: int = 8
+    """Widths and heights must be multiples of this (8 for SD's VAE; 16 where a transformer takes 2x2 patches)."""
+    negative_prompt: str | None = None
+    """Why the model takes no ``negative_prompt`` (Flux); ``None``: it takes one."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,5 +76,6 @@ class RequestResolver:
             guidance_scale=spec.default_guidance_scale if request.guidance_scale is None else request.guidance_scale,
         )
         validate_request(request, self.limits, tuple(self.models), spec.schedulers, spec.unsupported_schedulers,
-                         spec.sampler_max_steps.get(request.scheduler), spec.max_size)
+                         spec.sampler_max_steps.get(request.scheduler), spec.max_size, spec.size_multiple,
+                         spec.negative_prompt)
         return request

@@ -209,6 +209,7 @@ def test_the_machine_records_the_tf32_switches():
 def test_the_probe_logs_each_denoiser_forward_once_and_labels_it_for_the_profiler():
     from baton.bench.probe import ComponentProbe, profiled_pass
     from baton.models import load_model
+    from baton.models.types import Conditioning
 
     runner = load_model("tiny-sd15", torch.device("cpu"), torch.float32)
     latents = torch.zeros(2, runner.latent_channels, 8, 8)
@@ -216,11 +217,11 @@ def test_the_probe_logs_each_denoiser_forward_once_and_labels_it_for_the_profile
     timesteps = torch.tensor([10.0, 10.0])
     original = runner.denoiser
     with torch.inference_mode(), ComponentProbe(runner) as probe:
-        runner.denoiser(latents, timesteps, hidden, {})  # baton's path: the wrapper, the UNet's hook inside it
+        runner.denoiser(latents, timesteps, Conditioning(hidden))  # baton: the wrapper, the UNet hook inside it
         runner.pipeline.unet(latents, timesteps, encoder_hidden_states=hidden)  # the plain pipeline's path
         assert [(span.component, span.rows) for span in probe.take()] == [("denoise", 2), ("denoise", 2)]
         with profiled_pass(probe, torch.device("cpu")) as kernels:
-            runner.denoiser(latents, timesteps, hidden, {})
+            runner.denoiser(latents, timesteps, Conditioning(hidden))
         assert kernels["ranges"] == 1 and kernels["kernel_s"] > 0 and not probe.label_denoiser
     assert runner.denoiser == original  # unwrapped on exit
 

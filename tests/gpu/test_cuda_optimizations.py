@@ -36,7 +36,7 @@ def test_offload_keeps_the_images(plain, offload):
     pixels, runner, _ = generate(OptimizationConfig(offload=offload))
     assert float(np.abs(pixels - plain).max()) <= 1e-4
     if offload == "model":
-        assert runner.offload.moves >= 3 and runner.offload.active == "vae"
+        assert runner.optimized.offload.moves >= 3 and runner.optimized.offload.active == "vae"
         assert next(runner.pipeline.unet.parameters()).device.type == "cpu"  # off the device once it is done
 
 

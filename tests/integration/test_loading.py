@@ -42,8 +42,15 @@ def test_an_unknown_name_says_what_would_have_worked():
 
 
 def test_an_unsupported_pipeline_is_refused_by_name(tmp_path):
-    (tmp_path / "model_index.json").write_text('{"_class_name": "FluxPipeline", "_diffusers_version": "0.42.1"}')
-    with pytest.raises(ModelLoadError, match="FluxPipeline.*supported pipelines"):
+    (tmp_path / "model_index.json").write_text('{"_class_name": "WanPipeline", "_diffusers_version": "0.42.1"}')
+    with pytest.raises(ModelLoadError, match="WanPipeline.*supported pipelines.*FluxPipeline"):
+        load_model(str(tmp_path), torch.device("cpu"), torch.float32)
+
+
+@pytest.mark.parametrize("variant", ["FluxKontextPipeline", "FluxFillPipeline"])
+def test_a_flux_variant_that_needs_an_image_is_refused_with_the_reason(tmp_path, variant):
+    (tmp_path / "model_index.json").write_text(f'{{"_class_name": "{variant}", "_diffusers_version": "0.42.1"}}')
+    with pytest.raises(ModelLoadError, match=f"{variant}, which baton does not serve: .*input image"):
         load_model(str(tmp_path), torch.device("cpu"), torch.float32)
 
 

@@ -152,7 +152,7 @@ def test_compiled_buckets_match_eager_and_never_recompile_after_warm_up(tmp_path
     )
     with Engine(models="tiny-sd15", device="cpu", optimizations=options) as engine:
         runner = engine.runners["tiny-sd15"]
-        assert runner.warmup_s is not None and not runner.batch_invariant
+        assert runner.optimized.warmup_s is not None and not runner.batch_invariant
         graphs_after_warm_up = counters["stats"]["unique_graphs"]
         requests = [
             REQUEST,  # 4 rows: a bucket

@@ -156,7 +156,7 @@ def test_a_batched_denoiser_forward_equals_each_request_alone_bitwise(model):
     import torch
 
     from baton.models import load_model
-    from baton.models.runner import Conditioning
+    from baton.models.types import Conditioning
 
     runner = load_model(model, torch.device("cpu"), torch.float32)
     unet = runner.pipeline.unet
@@ -171,12 +171,12 @@ def test_a_batched_denoiser_forward_equals_each_request_alone_bitwise(model):
         added = {"text_embeds": torch.randn(5, text_dim, generator=generator),
                  "time_ids": torch.randn(5, 6, generator=generator)}
     with torch.inference_mode():
-        batched = runner.predict_noise(latents, timesteps, Conditioning(hidden, added), rows)
+        batched = runner.predict(latents, timesteps, Conditioning(hidden, added), rows)
         start = 0
         for count in rows:
             part = slice(start, start + count)
-            alone = runner.predict_noise(latents[part], timesteps[part],
-                                         Conditioning(hidden[part], {k: v[part] for k, v in added.items()}), [count])
+            alone = runner.predict(latents[part], timesteps[part],
+                                   Conditioning(hidden[part], {k: v[part] for k, v in added.items()}), [count])
             if count > 1:
                 assert torch.equal(batched[part], alone)
             else:  # a convolution over a batch of one may take another algorithm (measured: ~1e-6 here)

@@ -45,15 +45,15 @@ def test_the_guard_fails_when_a_blocking_noise_copy_is_put_back(monkeypatch):
 def test_the_guard_fails_when_a_read_back_is_put_back(monkeypatch):
     from baton.models.runner import ModelRunner
 
-    predict_noise = ModelRunner.predict_noise
+    predict = ModelRunner.predict
 
     def with_a_nan_check(self, *args, **kwargs):  # a host-side check of every prediction: a read per forward
-        noise = predict_noise(self, *args, **kwargs)
+        noise = predict(self, *args, **kwargs)
         if torch.isnan(noise).any():
             raise FloatingPointError("NaN in the prediction")
         return noise
 
-    monkeypatch.setattr(ModelRunner, "predict_noise", with_a_nan_check)
+    monkeypatch.setattr(ModelRunner, "predict", with_a_nan_check)
     syncs, failures = step_loop_syncs("tiny-sd15", samplers=("euler",), steps=2)
     assert [s.kind for s in syncs] == ["read"] and "reads a device value" in syncs[0].detail
     assert syncs[0].where.startswith("tests/unit/test_host_syncs.py") and syncs[0].in_step_loop

@@ -67,9 +67,8 @@ class ComponentProbe:
         pipeline = runner.pipeline
         decoders = {id(vae.decoder): vae.decoder for vae in (runner.vae, pipeline.vae)}  # baton may keep a copy
         self._modules: list[tuple[str, torch.nn.Module]] = [
-            *((TEXT_ENCODE, m) for m in (getattr(pipeline, "text_encoder", None),
-                                            getattr(pipeline, "text_encoder_2", None)) if m is not None),
-            *(((DENOISE, pipeline.unet),) if hook_unet else ()),
+            *((TEXT_ENCODE, m) for m in runner.text_encoders()),
+            *(((DENOISE, runner.denoiser_module),) if hook_unet else ()),
             *((VAE_DECODE, decoder) for decoder in decoders.values()),
         ]
         self._runner = runner
@@ -150,10 +149,10 @@ class ComponentProbe:
     def _denoiser_for(self, forward):
         key = id(self)  # the wrapper's own key: a module's id never equals the probe's
 
-        def denoiser(latents, timesteps, hidden, added):
+        def denoiser(latents, timesteps, conditioning):
             self._begin(key, DENOISE, latents.shape[0])
             try:
-                return forward(latents, timesteps, hidden, added)
+                return forward(latents, timesteps, conditioning)
             finally:
                 self._end(key, DENOISE)
 

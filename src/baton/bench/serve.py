@@ -36,6 +36,7 @@ from baton.bench.workload import Outcome, closed_loop, poisson_arrivals
 from baton.config import DenoiseConfig, EngineConfig, OptimizationConfig
 from baton.device import elapsed_s, mark_now, resolve_device, resolve_dtype
 from baton.engine import Engine
+from baton.executors import stacked_pipeline
 from baton.models import load_model
 from baton.request import GenerationRequest
 from baton.stage_names import DENOISE, IMAGE_ENCODE, PIPELINE, TEXT_ENCODE, VAE_DECODE
@@ -206,7 +207,7 @@ class _CeilingTarget:
         self.settings = settings
         device = resolve_device(settings.device)
         self.runner = load_model(settings.model, device, resolve_dtype(settings.dtype, device))
-        self.pipe = self.runner.pipeline_with_scheduler("default")
+        self.pipe = stacked_pipeline(self.runner, "default")
         self.probe = ComponentProbe(self.runner).__enter__()
 
     def drive(self, arrival: str, value: float, total: int, first_index: int) -> list[Outcome]:

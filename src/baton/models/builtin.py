@@ -227,3 +227,9 @@ def _guidance_distilled(spec: BuiltinSpec, name: str) -> BuiltinSpec:
 
 for _name, _base in (("tiny-lcm", "tiny-sd15"), ("tiny-sdxl-lcm", "tiny-sdxl")):
     SPECS[_name] = _guidance_distilled(SPECS[_base], _name)
+
+
+# Last, because builtin_dit imports helpers from this module: SD3 and Flux built-ins join the same registry.
+from baton.models.builtin_dit import DIT_SPECS  # noqa: E402
+
+SPECS.update(DIT_SPECS)  # type: ignore[arg-type]  # DiTSpec has BuiltinSpec's interface, not its fields

@@ -89,6 +89,9 @@ def _load_pretrained(source: str, device: torch.device, dtype: torch.dtype, name
             f"it could not be read: {exc}"
         ) from exc
     runner_class = _RUNNER_BY_PIPELINE.get(class_name)
+    unsupported = {variant: why for runner in RUNNERS for variant, why in runner.unsupported_variants.items()}
+    if class_name in unsupported:
+        raise ModelLoadError(f"model {name!r} is a {class_name}, which baton does not serve: {unsupported[class_name]}")
     if runner_class is None:
         raise ModelLoadError(
             f"model {name!r} is a {class_name}; supported pipelines are {sorted(_RUNNER_BY_PIPELINE)}"
@@ -100,7 +103,10 @@ def _load_pretrained(source: str, device: torch.device, dtype: torch.dtype, name
     defaults = _serving_defaults(source)
     pipeline = runner_class.pipeline_class.from_pretrained(source, dtype=dtype, **extra)
     pipeline.to(device)
-    runner = runner_class(name, pipeline, device, dtype)
+    try:
+        runner = runner_class(name, pipeline, device, dtype)
+    except ValueError as exc:  # a variant the family's runner cannot serve, found in its config
+        raise ModelLoadError(f"model {name!r} cannot be served: {exc}") from exc
     runner.source = source
     if "guidance_scale" in defaults:
         runner.default_guidance_scale = defaults["guidance_scale"]

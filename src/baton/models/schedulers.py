@@ -16,6 +16,8 @@ from diffusers import (
     DPMSolverMultistepScheduler,
     EulerAncestralDiscreteScheduler,
     EulerDiscreteScheduler,
+    FlowMatchEulerDiscreteScheduler,
+    FlowMatchHeunDiscreteScheduler,
     HeunDiscreteScheduler,
     LCMScheduler,
     PNDMScheduler,
@@ -36,6 +38,12 @@ SCHEDULER_CLASSES: dict[str, type[SchedulerMixin] | None] = {
     "heun": HeunDiscreteScheduler,
     "lcm": LCMScheduler,  # for latent-consistency-distilled models (few steps); see ModelRunner.embeds_guidance
 }
+FLOW_MATCH_SCHEDULER_CLASSES: dict[str, type[SchedulerMixin] | None] = {
+    "default": None,
+    "euler": FlowMatchEulerDiscreteScheduler,
+    "heun": FlowMatchHeunDiscreteScheduler,
+}
+"""Samplers of flow-matching models (SD3, Flux): they integrate a velocity, where the others above denoise."""
 SCHEDULER_NAMES: tuple[str, ...] = tuple(SCHEDULER_CLASSES)
 ZERO_TERMINAL_SNR = "rescale_betas_zero_snr"
 """The config key of a noise schedule rescaled to end at pure noise (Lin et al. 2023). A model trained on it is
@@ -48,19 +56,21 @@ SYNCING_ON_CUDA: dict[type[SchedulerMixin], str] = {
 
 
 def unsupported_samplers(config, device: torch.device | None = None,
-                         own_class: type[SchedulerMixin] | None = None) -> dict[str, str]:
+                         own_class: type[SchedulerMixin] | None = None,
+                         classes: dict[str, type[SchedulerMixin] | None] = SCHEDULER_CLASSES) -> dict[str, str]:
     """Sampler names that cannot sample a model with this scheduler config on ``device``, each with the reason;
-    ``own_class`` is the model's own sampler class (what ``default`` names)."""
-    unsupported = {}
+    ``own_class`` is the model's own sampler class (what ``default`` names); ``classes``: its family's samplers."""
+    unsupported = {name: f"not a sampler of this kind of model, whose samplers are {list(classes)}"
+                   for name in SCHEDULER_NAMES if name not in classes}
     if config.get(ZERO_TERMINAL_SNR, False):
-        unsupported = {
+        unsupported |= {
             name: f"{cls.__name__} has no zero-terminal-SNR schedule, which this model was trained on"
-            for name, cls in SCHEDULER_CLASSES.items()
+            for name, cls in classes.items()
             # (not `in cls.from_config(config).config`: diffusers keeps keys a class ignores in its config)
             if cls is not None and ZERO_TERMINAL_SNR not in inspect.signature(cls.__init__).parameters
         }
     if device is not None and device.type == "cuda":
-        for name, cls in SCHEDULER_CLASSES.items():
+        for name, cls in classes.items():
             if cls in SYNCING_ON_CUDA:
                 unsupported.setdefault(name, SYNCING_ON_CUDA[cls])
         if own_class in SYNCING_ON_CUDA:
@@ -72,16 +82,19 @@ class SchedulerFactory:
     """Makes fresh scheduler copies for one model, configured from that model's own scheduler config."""
 
     def __init__(
-        self, base: SchedulerMixin, config_fixes: dict[str, object] | None = None, device: torch.device | None = None
+        self, base: SchedulerMixin, config_fixes: dict[str, object] | None = None, device: torch.device | None = None,
+        classes: dict[str, type[SchedulerMixin] | None] = SCHEDULER_CLASSES,
     ) -> None:
         """``config_fixes``: config values the model's pipeline forces on any scheduler given to it (SD1.x's
         pipeline turns off DDIM's ``clip_sample``), so a sampler made here behaves as it would in the pipeline.
-        ``device``: where the model runs (samplers that would sync the step loop are refused on CUDA)."""
+        ``device``: where the model runs (samplers that would sync the step loop are refused on CUDA).
+        ``classes``: the samplers of the model's family, by name."""
         self._base = base
+        self._classes = classes
         self._fixes = config_fixes or {}
         self._templates: dict[str, SchedulerMixin] = {}
         self._lock = threading.Lock()
-        self.unsupported = unsupported_samplers(base.config, device, type(base))
+        self.unsupported = unsupported_samplers(base.config, device, type(base), classes)
         """Sampler name -> why this model cannot use it; requests naming one are refused."""
 
     @property
@@ -101,7 +114,7 @@ class SchedulerFactory:
         """The shared, never-stepped template for ``name``. Do not step it: use :meth:`new`."""
         with self._lock:
             if name not in self._templates:
-                cls = SCHEDULER_CLASSES[name]
+                cls = self._classes[name]
                 if cls is None:
                     self._templates[name] = copy.deepcopy(self._base)
                 else:

@@ -3,7 +3,10 @@
 :func:`check_optimizations` refuses, before any model is loaded, every option that cannot apply on the device or
 in the engine's mode, with an error that names the option and says why. :func:`apply_optimizations` then applies
 them to each runner in a fixed order (precision, VAE, attention, layout, memory savers, prompt cache, offload,
-static shapes) and returns one line per change, which the engine logs at start-up and reports in ``describe()``.
+static shapes) and returns what it built (:class:`baton.models.types.Optimized`), with one line per change, which
+the engine logs at start-up and reports in ``describe()``. Options that cannot apply to a model's family (classic
+attention on a diffusion transformer's joint attention) are refused with the reason; options that have nothing to
+act on in it (channels_last on a model without convolutions) say so in their line.
 """
 
 from __future__ import annotations
@@ -12,26 +15,30 @@ import contextlib
 import itertools
 import logging
 import time
+from typing import TYPE_CHECKING
 
 import torch
 
 from baton.config import EngineConfig, OptimizationConfig
 from baton.device import resolve_dtype
 from baton.models.builtin import quiet_casts
-from baton.models.runner import ModelRunner, PromptInput
+from baton.models.types import Optimized, PromptInput
 from baton.optim.attention import check_attention, fuse_qkv, sdpa_backends, set_attention
 from baton.optim.compile import (
     ShapeGatedDecoder,
     StaticShapeDenoiser,
     allow_recompiles,
-    compiled_unet,
+    compiled_denoiser,
     use_compile_cache,
 )
 from baton.optim.memory import ModelOffload, sequential_offload, vae_slicing_and_tiling
-from baton.optim.precision import component_dtype, set_text_encoder_dtype, set_vae_dtype, text_encoders
+from baton.optim.precision import component_dtype, set_text_encoder_dtype, set_vae_dtype
 from baton.optim.prompt_cache import PromptCache
 from baton.optim.vae import BUILTIN_VAES, TINY_VAE_SUBFOLDER, check_vae_fits, load_vae, resolve_vae_name
 from baton.request import GenerationRequest
+
+if TYPE_CHECKING:
+    from baton.models.runner import ModelRunner
 
 logger = logging.getLogger(__name__)
 
@@ -77,14 +84,17 @@ def check_optimizations(config: EngineConfig, device: torch.device) -> None:
                 raise ValueError(f"`{field}` {_STAGED_ONLY}")
 
 
-def apply_optimizations(
-    runner: ModelRunner, config: EngineConfig, show_progress: bool = False
-) -> list[str]:
-    """Apply ``config.optimizations`` to ``runner`` (call :func:`check_optimizations` first); returns what changed."""
+def apply_optimizations(runner: ModelRunner, config: EngineConfig, show_progress: bool = False) -> Optimized:
+    """Apply ``config.optimizations`` to ``runner`` (call :func:`check_optimizations` first); returns what it built.
+
+    The result is the runner's ``optimized`` from the start, so that the prompt cache's precompute and the
+    static-shape warm-up below run exactly as serving will."""
     opts = config.optimizations
     device = runner.device
     pipeline = runner.pipeline
-    applied: list[str] = []
+    denoiser = runner.denoiser_module
+    built = runner.optimized = Optimized()
+    applied = built.lines
 
     # 1. precision per component
     applied.append(f"denoiser in {str(runner.dtype).removeprefix('torch.')}")
@@ -117,16 +127,19 @@ def apply_optimizations(
     vaes = [runner.vae] + ([pipeline.vae] if pipeline.vae is not runner.vae else [])
 
     # 3. attention
-    applied.append(set_attention([pipeline.unet, *vaes], opts.attention))
-    runner.attention_backends = sdpa_backends(opts.attention)
+    applied.append(set_attention([denoiser, *vaes], opts.attention))
+    built.attention_backends = sdpa_backends(opts.attention)
     if opts.fuse_qkv:
-        applied.append(fuse_qkv(pipeline.unet))
+        applied.append(fuse_qkv(denoiser))
 
     # 4. memory layout and memory savers
     if opts.channels_last:
-        for module in (pipeline.unet, *vaes):
+        convolutional = _mostly_convolutional(denoiser)
+        for module in ((denoiser, *vaes) if convolutional else vaes):
             module.to(memory_format=torch.channels_last)
-        applied.append("channels_last memory format (denoiser, vae)")
+        applied.append("channels_last memory format (denoiser, vae)" if convolutional else
+                       "channels_last memory format (vae; the denoiser is a transformer, with no convolutions to "
+                       "lay out)")
     for vae in vaes:  # the same lines for each: report them once
         saver_lines = vae_slicing_and_tiling(vae, opts.vae_slicing, opts.vae_tiling)
     applied.extend(saver_lines)
@@ -134,56 +147,56 @@ def apply_optimizations(
     # 5. the prompt cache, filled with the precomputed prompts; then the text encoders may leave the device
     cache = opts.prompt_cache
     if cache.max_bytes > 0:
-        runner.prompt_cache = PromptCache(cache.max_bytes)
+        built.prompt_cache = PromptCache(cache.max_bytes)
         if cache.precompute:
             with torch.inference_mode():
                 runner.encode([PromptInput(prompt, None, True) for prompt in cache.precompute])
         applied.append(f"prompt cache: {cache.max_bytes / 2**20:.0f} MiB, {len(cache.precompute)} prompts "
                        "precomputed")
         if cache.text_encoders_on_cpu:
-            for encoder in text_encoders(runner):
+            for encoder in runner.text_encoders():
                 encoder.to("cpu", torch.float32)
-            runner.text_device = torch.device("cpu")
+            built.text_device = torch.device("cpu")
             applied.append("text encoders in host memory (float32); cache misses encode on the CPU")
 
     # 6. offload
     if opts.offload == "model":
-        components = {"text": text_encoders(runner), "denoiser": [pipeline.unet], "vae": [runner.vae]}
+        components = {"text": runner.text_encoders(), "denoiser": [denoiser], "vae": [runner.vae]}
         if cache.text_encoders_on_cpu:
             components["text"] = []  # they live on the CPU for good
         # the pipeline's own VAE, when a copy decodes, only serves stacked mode, which model offload excludes
         parked = [pipeline.vae] if pipeline.vae is not runner.vae else []
-        runner.offload = ModelOffload(components, device, parked=parked)
+        built.offload = ModelOffload(components, device, parked=parked)
         applied.append("model CPU offload: one component on the device at a time")
     elif opts.offload == "sequential":
-        modules = [pipeline.unet, *vaes] + ([] if cache.text_encoders_on_cpu else text_encoders(runner))
+        modules = [denoiser, *vaes] + ([] if cache.text_encoders_on_cpu else runner.text_encoders())
         sequential_offload(modules, device)
         applied.append("sequential CPU offload: weights stream to the device layer by layer")
 
     # 7. static shapes: compile and CUDA graphs over buckets, warmed up now
     if opts.static_shapes:
         applied.extend(_static_shapes(runner, config, show_progress))
-    return applied
+    return built
 
 
 def _static_shapes(runner: ModelRunner, config: EngineConfig, show_progress: bool) -> list[str]:
     opts: OptimizationConfig = config.optimizations
     compile_config = opts.compile
-    factor = runner.vae_scale_factor
     sizes = compile_config.sizes or ((runner.default_size, runner.default_size),)
-    latent_sizes = [(height // factor, width // factor) for width, height in sizes]
+    latent_shapes = [runner.latent_shape(height, width) for width, height in sizes]
     lines = []
     runner.remove_batch_invariance()
     forward = runner.eager_denoiser
     if compile_config.enabled:
         cache_dir = use_compile_cache(compile_config.cache_dir)
         allow_recompiles(len(compile_config.batch_buckets) * len(sizes))
-        forward = compiled_unet(runner.pipeline.unet, compile_config.mode, compile_config.fullgraph)
+        forward = compiled_denoiser(runner.denoiser_module, runner.call_denoiser, compile_config.mode,
+                                    compile_config.fullgraph)
         lines.append(f"torch.compile of the denoiser (mode {compile_config.mode}, fullgraph "
                      f"{compile_config.fullgraph}; cache {cache_dir})")
-    denoiser = StaticShapeDenoiser(forward, runner.eager_denoiser, compile_config.batch_buckets, latent_sizes,
+    denoiser = StaticShapeDenoiser(forward, runner.eager_denoiser, compile_config.batch_buckets, latent_shapes,
                                    cuda_graphs=opts.cuda_graphs)
-    runner.denoiser = denoiser
+    runner.optimized.denoiser = denoiser
     if opts.cuda_graphs:
         lines.append("CUDA graphs of the denoiser, one per shape bucket")
     lines.append(f"static shapes: rows padded to {list(compile_config.batch_buckets)}, sizes "
@@ -195,7 +208,7 @@ def _static_shapes(runner: ModelRunner, config: EngineConfig, show_progress: boo
         lines.append("torch.compile of the VAE decoder")
     if compile_config.warmup:
         start = time.perf_counter()
-        example = _example_inputs(runner)
+        example = _example_inputs(runner, dict(zip(latent_shapes, sizes)))
         on_device = torch.cuda.device(runner.device) if runner.device.type == "cuda" else contextlib.nullcontext()
         # under the same attention restriction as serving: dynamo does not guard on the SDPA backend
         with on_device, runner.running("denoiser"):
@@ -203,33 +216,38 @@ def _static_shapes(runner: ModelRunner, config: EngineConfig, show_progress: boo
         if decoder is not None:
             batches = [1] if opts.vae_slicing else range(1, config.decode.max_batch_images + 1)
             with on_device, torch.inference_mode(), decoder.warming():
-                for (height, width), batch in itertools.product(latent_sizes, batches):
+                for (width, height), batch in itertools.product(sizes, batches):
                     # through the real decode path, so the decoder sees serving's strides (channels_last)
-                    runner.decode(torch.zeros(batch, runner.latent_channels, height, width, device=runner.device,
-                                              dtype=runner.dtype))
-        runner.warmup_s = round(time.perf_counter() - start, 2)
-        lines.append(f"warm-up: {len(latent_sizes) * len(compile_config.batch_buckets)} shapes in "
-                     f"{runner.warmup_s:.1f} s")
+                    runner.decode(torch.zeros(batch, *runner.latent_shape(height, width), device=runner.device,
+                                              dtype=runner.dtype), height, width)
+        warmup_s = runner.optimized.warmup_s = round(time.perf_counter() - start, 2)
+        lines.append(f"warm-up: {len(latent_shapes) * len(compile_config.batch_buckets)} shapes in {warmup_s:.1f} s")
     return lines
 
 
-def _example_inputs(runner: ModelRunner):
-    """Denoiser inputs of any bucket and latent size, built from a real (empty) prompt's conditioning."""
+def _example_inputs(runner: ModelRunner, sizes: dict[tuple[int, ...], tuple[int, int]]):
+    """Denoiser inputs of any bucket and latent shape, built through the runner's own request path from a real
+    (empty) prompt, so their dtypes and strides are serving's."""
     with torch.inference_mode():
         [embeddings] = runner.encode([PromptInput("", None, True)])
-    factor = runner.vae_scale_factor
 
-    def example(rows: int, size: tuple[int, int]):
-        height, width = size
-        request = GenerationRequest(prompt="", width=width * factor, height=height * factor, guidance_scale=7.5)
-        conditioning = runner.conditioning(embeddings, request)
-        hidden = conditioning.hidden_states[:1].expand(rows, *conditioning.hidden_states.shape[1:]).contiguous()
-        added = {name: t[:1].expand(rows, *t.shape[1:]).contiguous() for name, t in conditioning.added.items()}
-        latents = torch.randn(rows, runner.latent_channels, height, width, device=runner.device, dtype=runner.dtype)
-        timesteps = torch.full((rows,), 999.0, device=runner.device)
-        return latents, timesteps, hidden, added
+    def example(rows: int, shape: tuple[int, ...]):
+        width, height = sizes[shape]
+        request = GenerationRequest(prompt="", width=width, height=height, guidance_scale=7.5, seed=0)
+        state = runner.start(request, embeddings, seed=0)
+        latents, timesteps = runner.model_inputs(state)
+        conditioning = state.conditioning.map_rows(lambda t: t[:1].expand(rows, *t.shape[1:]).contiguous())
+        latents = latents[:1].expand(rows, *latents.shape[1:]).contiguous()
+        return latents, timesteps[:1].expand(rows).contiguous(), conditioning
 
     return example
+
+
+def _mostly_convolutional(module: torch.nn.Module) -> bool:
+    """A UNet, not a transformer whose only convolution embeds patches (SD3's): memory layout matters to it."""
+    convolution = sum(p.numel() for layer in module.modules() if isinstance(layer, torch.nn.Conv2d)
+                      for p in layer.parameters())
+    return convolution > 0.05 * sum(p.numel() for p in module.parameters())
 
 
 def _add(lines: list[str], line: str | None) -> None:

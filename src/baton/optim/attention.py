@@ -28,17 +28,38 @@ def check_attention(name: str, device: torch.device) -> None:
         )
 
 
+_PLAIN_PROCESSORS = (AttnProcessor, AttnProcessor2_0)
+
+
 def set_attention(modules: list[torch.nn.Module], name: str) -> str:
-    """Give every diffusers attention layer of ``modules`` the SDPA or the classic processor."""
+    """Give every plain diffusers attention layer of ``modules`` the SDPA or the classic processor.
+
+    Joint attention (SD3's MMDiT, Flux) has processors of its own, which already call SDPA (so the backend choice
+    of ``sdpa_kernel`` reaches them) and which a plain processor cannot replace: they are kept, and ``classic``,
+    which has no joint variant, is refused for a model that has them."""
     processor = AttnProcessor() if name == "classic" else AttnProcessor2_0()
+    kept: set[str] = set()
     for module in modules:
-        if hasattr(module, "set_attn_processor"):
-            module.set_attn_processor(processor)
+        if not hasattr(module, "attn_processors"):
+            continue
+        current = module.attn_processors
+        joint = {type(p).__name__ for p in current.values() if not isinstance(p, _PLAIN_PROCESSORS)}
+        if joint and name == "classic":
+            raise ValueError(f"`attention` 'classic' has no variant for joint attention ({', '.join(sorted(joint))}) "
+                             f"in {type(module).__name__}; use 'sdpa', or a backend: 'flash', 'efficient', 'cudnn', "
+                             "'math'")
+        kept |= joint
+        module.set_attn_processor({layer: processor if isinstance(p, _PLAIN_PROCESSORS) else p
+                                   for layer, p in current.items()})
     if name == "classic":
         return "attention: classic (materialized attention matrix, the pre-SDPA baseline)"
-    return f"attention: SDPA ({'any backend' if name == 'sdpa' else name + ' backend only'})"
+    backend = "any backend" if name == "sdpa" else name + " backend only"
+    joint_note = f"; joint attention keeps {', '.join(sorted(kept))}, which calls SDPA" if kept else ""
+    return f"attention: SDPA ({backend}){joint_note}"
 
 
-def fuse_qkv(unet: torch.nn.Module) -> str:
-    unet.fuse_qkv_projections()
-    return "fused QKV projections in the denoiser's self-attention"
+def fuse_qkv(denoiser: torch.nn.Module) -> str:
+    if not hasattr(denoiser, "fuse_qkv_projections"):
+        raise ValueError(f"`fuse_qkv`: {type(denoiser).__name__} cannot fuse its attention projections")
+    denoiser.fuse_qkv_projections()
+    return "fused QKV projections in the denoiser's attention"

@@ -3,10 +3,12 @@
 A compiled model recompiles for every new input shape (35 to 90 s each for a tiny UNet on a CPU), and a CUDA graph
 exists only for the shapes it was captured with. A serving engine sees a new row count at almost every step, so
 :class:`StaticShapeDenoiser` pads the rows up to the next bucket (1, 2, 4, 6, 8, 12, 16 by default), and warms every
-bucket at every configured size at start-up. Padding rows repeat the last real row and are dropped from the
-output; every row of the denoiser is computed independently, so real rows do not depend on them. A forward
-outside the buckets (more rows than the largest bucket, or a size not configured) runs the eager model, logged
-once per shape: slower, but never a stall for a compile in the middle of serving.
+bucket at every configured size at start-up. A size is keyed by the latents' shape as the denoiser takes them
+(``[C, h, w]`` for a UNet or SD3, ``[tokens, 4C]`` for Flux's packed latents), so sizes of one token count share
+a compiled graph; their position ids are inputs like the rest. Padding rows repeat the last real row and are
+dropped from the output; every row of the denoiser is computed independently, so real rows do not depend on
+them. A forward outside the buckets (more rows than the largest bucket, or a size not configured) runs the
+eager model, logged once per shape: slower, but never a stall for a compile in the middle of serving.
 """
 
 from __future__ import annotations
@@ -20,13 +22,14 @@ from pathlib import Path
 
 import torch
 
-from baton.models.runner import Denoiser, call_unet
+from baton.models.types import Conditioning, Denoiser
 
 logger = logging.getLogger(__name__)
 
-DenoiserInputs = tuple[torch.Tensor, torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]
-ExampleInputs = Callable[[int, tuple[int, int]], DenoiserInputs]
-"""(bucket rows, latent (h, w)) → denoiser inputs of that shape, for warm-up and capture."""
+DenoiserInputs = tuple[torch.Tensor, torch.Tensor, Conditioning]
+LatentShape = tuple[int, ...]
+ExampleInputs = Callable[[int, LatentShape], DenoiserInputs]
+"""(bucket rows, one image's latent shape) → denoiser inputs of that shape, for warm-up and capture."""
 
 
 def use_compile_cache(cache_dir: str | None) -> Path:
@@ -54,13 +57,16 @@ def allow_recompiles(shapes: int) -> None:
     dynamo_config.accumulated_recompile_limit += 4 * shapes
 
 
-def compiled_unet(unet: torch.nn.Module, mode: str, fullgraph: bool) -> Denoiser:
-    """The UNet compiled for static shapes, called as the eager denoiser is."""
-    compiled = torch.compile(unet, mode=None if mode == "default" else mode, fullgraph=fullgraph, dynamic=False)
+def compiled_denoiser(
+    module: torch.nn.Module, call: Callable[..., torch.Tensor], mode: str, fullgraph: bool
+) -> Denoiser:
+    """The denoiser ``module`` compiled for static shapes, called through ``call(module, latents, timesteps,
+    conditioning)`` as the eager one is (``ModelRunner.call_denoiser``)."""
+    compiled = torch.compile(module, mode=None if mode == "default" else mode, fullgraph=fullgraph, dynamic=False)
     # (no mode captures CUDA graphs: OptimizationConfig.cuda_graphs does, so outputs are never reused buffers)
 
-    def forward(latents, timesteps, hidden, added):
-        return call_unet(compiled, latents, timesteps, hidden, added)
+    def forward(latents, timesteps, conditioning):
+        return call(compiled, latents, timesteps, conditioning)
 
     return forward
 
@@ -73,43 +79,39 @@ class StaticShapeDenoiser:
         forward: Denoiser,
         eager: Denoiser,
         buckets: tuple[int, ...],
-        latent_sizes: list[tuple[int, int]],
+        latent_shapes: list[LatentShape],
         cuda_graphs: bool,
     ) -> None:
         self.forward = forward
         self.eager = eager
         self.buckets = tuple(sorted(buckets))
-        self.latent_sizes = list(dict.fromkeys(latent_sizes))
+        self.latent_shapes = list(dict.fromkeys(latent_shapes))
         self.cuda_graphs = cuda_graphs
-        self._graphs: dict[tuple[int, int, int], _GraphedForward] = {}
+        self._graphs: dict[tuple[int, LatentShape], _GraphedForward] = {}
         self._pool = None
-        self._eager_shapes: set[tuple[int, int, int]] = set()
+        self._eager_shapes: set[tuple[int, LatentShape]] = set()
         self.eager_calls = 0
         self.bucketed_calls = 0
 
     def bucket_for(self, rows: int) -> int | None:
         return next((bucket for bucket in self.buckets if bucket >= rows), None)
 
-    def __call__(self, latents, timesteps, hidden, added) -> torch.Tensor:
-        rows, size = latents.shape[0], tuple(latents.shape[-2:])
+    def __call__(self, latents, timesteps, conditioning: Conditioning) -> torch.Tensor:
+        rows, shape = latents.shape[0], tuple(latents.shape[1:])
         bucket = self.bucket_for(rows)
-        if bucket is None or size not in self.latent_sizes:
-            shape = (rows, *size)
-            if shape not in self._eager_shapes:
-                self._eager_shapes.add(shape)
+        if bucket is None or shape not in self.latent_shapes:
+            if (rows, shape) not in self._eager_shapes:
+                self._eager_shapes.add((rows, shape))
                 logger.warning(
                     "denoiser shape %d rows x %s latents is outside the static buckets %s x %s; it runs eagerly",
-                    rows, size, self.buckets, self.latent_sizes,
+                    rows, shape, self.buckets, self.latent_shapes,
                 )
             self.eager_calls += 1
-            return self.eager(latents, timesteps, hidden, added)
+            return self.eager(latents, timesteps, conditioning)
         self.bucketed_calls += 1
-        # one timestep dtype for every sampler (PNDM's are int64, Euler's float32), so one graph serves all; the
-        # UNet turns them into float32 first thing, so the cast changes nothing
-        timesteps = timesteps.to(torch.float32)
-        inputs = _pad_rows((latents, timesteps, hidden, added), bucket)
+        inputs = _pad_rows((latents, _float_timesteps(timesteps), conditioning), bucket)
         if self.cuda_graphs:
-            return self._graphs[(bucket, *size)](*inputs)[:rows]
+            return self._graphs[(bucket, shape)](*inputs)[:rows]
         return self.forward(*inputs)[:rows]
 
     def warm_up(self, example: ExampleInputs, show_progress: bool = True) -> float:
@@ -118,17 +120,18 @@ class StaticShapeDenoiser:
 
         start = time.perf_counter()
         on_cuda = False
-        shapes = [(bucket, size) for size in self.latent_sizes for bucket in reversed(self.buckets)]
+        shapes = [(bucket, shape) for shape in self.latent_shapes for bucket in reversed(self.buckets)]
         what = "capturing CUDA graphs" if self.cuda_graphs else "compiling the denoiser"
         with torch.inference_mode(), tqdm(shapes, desc=what, unit="shape", disable=not show_progress) as bar:
-            for bucket, size in bar:
-                bar.set_postfix_str(f"{bucket} rows, latents {size[0]}x{size[1]}")
-                inputs = example(bucket, size)
+            for bucket, shape in bar:
+                bar.set_postfix_str(f"{bucket} rows, latents {'x'.join(map(str, shape))}")
+                latents, timesteps, conditioning = example(bucket, shape)
+                inputs = (latents, _float_timesteps(timesteps), conditioning)
                 on_cuda = inputs[0].is_cuda
                 if self.cuda_graphs:  # largest first, so the smaller graphs reuse the pool's memory
                     if self._pool is None:
                         self._pool = torch.cuda.graph_pool_handle()
-                    self._graphs[(bucket, *size)] = _GraphedForward(self.forward, inputs, self._pool)
+                    self._graphs[(bucket, shape)] = _GraphedForward(self.forward, inputs, self._pool)
                 else:
                     self.forward(*inputs)
         if on_cuda:
@@ -140,8 +143,10 @@ class _GraphedForward:
     """One captured denoiser forward: copy inputs into static buffers, replay, copy the output out."""
 
     def __init__(self, forward: Denoiser, inputs: DenoiserInputs, pool) -> None:
-        latents, timesteps, hidden, added = inputs
-        self.static = (latents.clone(), timesteps.clone(), hidden.clone(), {k: v.clone() for k, v in added.items()})
+        latents, timesteps, conditioning = inputs
+        static_conditioning = conditioning.map_rows(torch.clone)
+        static_conditioning.shared = {name: tensor.clone() for name, tensor in conditioning.shared.items()}
+        self.static = (latents.clone(), timesteps.clone(), static_conditioning)
         side = torch.cuda.Stream(latents.device)
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side):  # warm-up outside capture: lazy inits, cuBLAS handles, autotuning
@@ -152,24 +157,28 @@ class _GraphedForward:
         with torch.cuda.graph(self.graph, pool=pool):
             self.output = forward(*self.static)
 
-    def __call__(self, latents, timesteps, hidden, added) -> torch.Tensor:
-        static_latents, static_timesteps, static_hidden, static_added = self.static
+    def __call__(self, latents, timesteps, conditioning: Conditioning) -> torch.Tensor:
+        static_latents, static_timesteps, static = self.static
         static_latents.copy_(latents)
         static_timesteps.copy_(timesteps)
-        static_hidden.copy_(hidden)
-        for name, tensor in static_added.items():
-            tensor.copy_(added[name])
+        for target, source in zip(static.tensors(), conditioning.tensors(), strict=True):
+            target.copy_(source)
         self.graph.replay()
         # the next replay overwrites the output buffer, and schedulers may keep what they are given
         return self.output.clone()
 
 
+def _float_timesteps(timesteps: torch.Tensor) -> torch.Tensor:
+    """One timestep dtype for every sampler (PNDM's are int64, Euler's float32), so one graph serves all; the UNet
+    turns them into float32 first thing, so the cast changes nothing. (Flux's are already in the model's dtype.)"""
+    return timesteps if timesteps.is_floating_point() else timesteps.to(torch.float32)
+
+
 def _pad_rows(inputs: DenoiserInputs, rows: int) -> DenoiserInputs:
-    latents, timesteps, hidden, added = inputs
+    latents, timesteps, conditioning = inputs
     if latents.shape[0] == rows:
         return inputs
-    padded_added = {name: _pad(tensor, rows) for name, tensor in added.items()}
-    return _pad(latents, rows), _pad(timesteps, rows), _pad(hidden, rows), padded_added
+    return _pad(latents, rows), _pad(timesteps, rows), conditioning.map_rows(lambda tensor: _pad(tensor, rows))
 
 
 def _pad(tensor: torch.Tensor, rows: int) -> torch.Tensor:

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import copy
+from typing import TYPE_CHECKING
 
 import torch
 
 from baton.device import resolve_dtype
 from baton.models.builtin import quiet_casts
-from baton.models.runner import ModelRunner
+
+if TYPE_CHECKING:
+    from baton.models.runner import ModelRunner
 
 
 def component_dtype(field: str, name: str, engine_dtype: torch.dtype, device: torch.device) -> torch.dtype:
@@ -22,7 +25,7 @@ def component_dtype(field: str, name: str, engine_dtype: torch.dtype, device: to
 
 
 def set_text_encoder_dtype(runner: ModelRunner, dtype: torch.dtype) -> str | None:
-    encoders = text_encoders(runner)
+    encoders = runner.text_encoders()
     if all(encoder.dtype == dtype for encoder in encoders):
         return None
     for encoder in encoders:
@@ -40,14 +43,6 @@ def set_vae_dtype(runner: ModelRunner, dtype: torch.dtype) -> str | None:
     with quiet_casts():
         runner.vae.to(dtype=dtype)
     return f"vae in {_name(dtype)}"
-
-
-def text_encoders(runner: ModelRunner) -> list[torch.nn.Module]:
-    pipeline = runner.pipeline
-    return [
-        module for module in (getattr(pipeline, "text_encoder", None), getattr(pipeline, "text_encoder_2", None))
-        if module is not None
-    ]
 
 
 def _name(dtype: torch.dtype) -> str:

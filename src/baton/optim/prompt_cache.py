@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from baton.models.runner import PromptEmbeddings, PromptInput
+from baton.models.types import PromptEmbeddings, PromptInput
 
 CacheKey = tuple[str, str | None, bool]
 

@@ -21,8 +21,10 @@ class VaeDecodeStage(BatchStage):
     def run_batch(self, jobs: list[Job]) -> None:
         for job in jobs:
             self.stream.wait(job.ready, job.latents)
-        latents = torch.cat([job.latents for job in jobs])  # [B, C, h, w]
-        pixels = jobs[0].runner.decode(latents).permute(0, 2, 3, 1).float()  # [B, H, W, 3] in [0, 1]
+        latents = torch.cat([job.latents for job in jobs])  # [B, ...] as the denoiser keeps them
+        request = jobs[0].request  # one batch key: one size
+        pixels = jobs[0].runner.decode(latents, request.height, request.width)
+        pixels = pixels.permute(0, 2, 3, 1).float()  # [B, H, W, 3] in [0, 1]
         offset = 0
         for job in jobs:
             mine = pixels[offset : offset + job.request.num_images]

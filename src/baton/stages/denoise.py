@@ -1,7 +1,8 @@
 """Denoising with step-level batching: requests join and leave the running batch between denoiser forwards.
 
 Before every forward the worker asks :class:`baton.scheduling.StepPolicy` which waiting requests start and which
-key (model, latent size, dtype) runs; the mechanism here carries that out. Each request owns a copy of its
+key (model, latent size, dtype) runs; the mechanism here carries that out, and the model's runner does what
+differs by family (``ModelRunner.start``, ``model_inputs``, ``predict``, ``step``). Each request owns a copy of its
 scheduler (diffusers schedulers are stateful), its own step index, step count, guidance scale and sampler, so
 requests that differ in these share every forward: timesteps go to the model per row, and guidance is combined
 per request. A request whose steps are done leaves at once and goes on to decoding. Nothing in the step loop
@@ -11,22 +12,19 @@ it admits them and decodes them as it hands them on.
 
 from __future__ import annotations
 
-import inspect
 import itertools
 import logging
 import time
 from collections.abc import Hashable
 from dataclasses import dataclass, field
-from typing import Any
 
 import torch
-from diffusers.schedulers.scheduling_utils import SchedulerMixin
 
 from baton.config import DenoiseConfig
-from baton.device import copy_to_device, labelled
+from baton.device import labelled
 from baton.errors import EngineClosedError, StageError
-from baton.models.noise import step_generator
-from baton.models.runner import Conditioning
+from baton.models.runner import Denoising
+from baton.models.types import Conditioning
 from baton.request import pixel_steps
 from baton.scheduling import Running, StepPolicy, Waiting
 from baton.stage_names import DENOISE
@@ -41,30 +39,22 @@ _serials = itertools.count()
 
 @dataclass(slots=True, eq=False)
 class DenoiseState:
-    """One running request's progress through its own scheduler."""
+    """One running request: its runner-prepared denoising, and its place in the stage's scheduling."""
 
     job: Job
     key: Hashable
-    scheduler: SchedulerMixin
-    timesteps: torch.Tensor  # [T] on the CPU: what the scheduler's step() is given (no device reads)
-    model_timesteps: torch.Tensor  # [T] on the device: what the denoiser is given
-    latents: torch.Tensor  # [n, C, h, w]
-    conditioning: Conditioning  # rows: [uncond × n, cond × n] with guidance, else [cond × n]
-    guidance_scale: float
-    with_guidance: bool
-    step_kwargs: dict[str, Any]
+    denoising: Denoising
     arrived_at: float  # at this stage's queue: its key's place in the rotation until the key has run
-    index: int = 0
     images_alongside: int = 0  # images in all the forwards it took part in, its own included
     serial: int = field(default_factory=lambda: next(_serials))  # unlike id(), never reused
 
     @property
     def rows(self) -> int:
-        return self.conditioning.rows
+        return self.denoising.rows
 
     @property
     def finished(self) -> bool:
-        return self.index >= len(self.timesteps)
+        return self.denoising.finished
 
 
 class DenoiseStage(Stage):
@@ -204,8 +194,8 @@ class DenoiseStage(Stage):
         finished = [state for state in group if state.finished and not state.job.done]
         for state in finished:
             self._running.remove(state)
-            state.job.records[self.name].batch_images = round(state.images_alongside / state.index, 2)
-            state.job.latents = state.latents
+            state.job.records[self.name].batch_images = round(state.images_alongside / state.denoising.index, 2)
+            state.job.latents = state.denoising.latents
         if finished:
             self._hand_on_finished([state.job for state in finished])
 
@@ -235,7 +225,7 @@ class DenoiseStage(Stage):
         members = tuple(state.serial for state in group)
         cached = self._conditioning.get(group[0].key)
         if cached is None or cached[0] != members:
-            cached = (members, Conditioning.concat([state.conditioning for state in group]))
+            cached = (members, Conditioning.concat([state.denoising.conditioning for state in group]))
             self._conditioning[group[0].key] = cached
         return cached[1]
 
@@ -247,63 +237,21 @@ class DenoiseStage(Stage):
 
     # -- the model work -------------------------------------------------------------------------------------------
     def _start(self, job: Job, key: Hashable, arrived_at: float) -> DenoiseState:
-        request = job.request
-        runner = job.runner
         job.records[self.name].started = self.stream.mark()
         job.report_denoising()
         self.stream.wait(job.ready, *job.embeddings.tensors.values())
-        scheduler = runner.schedulers.new(request.scheduler)
-        scheduler.set_timesteps(request.steps, device="cpu")
-        if hasattr(scheduler, "set_begin_index"):
-            scheduler.set_begin_index(0)  # else the first step() searches the timesteps, a device read on CUDA
-        generator = torch.Generator("cpu").manual_seed(job.seed)
-        timesteps = scheduler.timesteps
-        return DenoiseState(
-            job=job,
-            key=key,
-            scheduler=scheduler,
-            timesteps=timesteps,
-            model_timesteps=copy_to_device(timesteps, runner.device),
-            latents=runner.initial_latents(request, generator, scheduler.init_noise_sigma),
-            conditioning=runner.conditioning(job.embeddings, request),
-            guidance_scale=float(request.guidance_scale),
-            with_guidance=runner.uses_guidance(request.guidance_scale),
-            step_kwargs=_step_kwargs(scheduler, generator),
-            arrived_at=arrived_at,
-        )
+        denoising = job.runner.start(job.request, job.embeddings, job.seed)
+        return DenoiseState(job=job, key=key, denoising=denoising, arrived_at=arrived_at)
 
     def _step(self, group: list[DenoiseState], conditioning: Conditioning) -> None:
+        """schedule → execute → update, for one forward: each request's rows, one batched denoiser call, then
+        each request's guidance and sampler step (the runner does what differs by family)."""
         runner = group[0].job.runner
-        inputs, timesteps = [], []
-        for state in group:
-            t = state.timesteps[state.index]
-            rows = torch.cat([state.latents] * 2) if state.with_guidance else state.latents
-            inputs.append(state.scheduler.scale_model_input(rows, t))
-            timesteps.append(state.model_timesteps[state.index].expand(rows.shape[0]))
+        latents, timesteps = zip(*(runner.model_inputs(state.denoising) for state in group))
         rows = [state.rows for state in group]
-        noise = runner.predict_noise(torch.cat(inputs), torch.cat(timesteps), conditioning, rows)  # [rows, C, h, w]
-        offset = 0
-        for state in group:
-            prediction = noise[offset : offset + state.rows]
-            offset += state.rows
-            if state.with_guidance:
-                uncond, cond = prediction.chunk(2)
-                prediction = uncond + state.guidance_scale * (cond - uncond)
-            t = state.timesteps[state.index]
-            step = state.scheduler.step(prediction, t, state.latents, **state.step_kwargs, return_dict=False)
-            state.latents = step[0]
-            state.index += 1
-            state.job.report_progress(state.index, len(state.timesteps))
-            state.job.report_preview(state.index, len(state.timesteps), state.latents)
-
-
-def _step_kwargs(scheduler: SchedulerMixin, generator: torch.Generator) -> dict[str, Any]:
-    """The extra step() arguments the diffusers pipelines pass: eta (DDIM's, 0) and the request's generator,
-    wrapped so that the noise a sampler draws from it reaches the device without a sync (``baton.models.noise``)."""
-    accepted = inspect.signature(scheduler.step).parameters
-    kwargs: dict[str, Any] = {}
-    if "eta" in accepted:
-        kwargs["eta"] = 0.0
-    if "generator" in accepted:
-        kwargs["generator"] = step_generator(scheduler, generator)
-    return kwargs
+        prediction = runner.predict(torch.cat(latents), torch.cat(timesteps), conditioning, rows)
+        for state, mine in zip(group, prediction.split(rows)):
+            denoising = state.denoising
+            runner.step(denoising, mine)
+            state.job.report_progress(denoising.index, denoising.steps)
+            state.job.report_preview(denoising.index, denoising.steps, denoising.latents)

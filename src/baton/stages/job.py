@@ -94,7 +94,8 @@ class Job:
             return
         try:
             # one small device-to-host copy, only for requests that asked for previews
-            self.preview(steps_done, steps_total, self.runner.preview_rgb(latents))
+            self.preview(steps_done, steps_total,
+                         self.runner.preview_rgb(latents, self.request.height, self.request.width))
         except Exception:
             logger.exception("preview callback of request %s raised; ignoring it", self.request_id)
             self.preview = None

@@ -1,8 +1,10 @@
 """One runner per model family."""
 
+from baton.models.families.flux import FluxRunner
+from baton.models.families.sd3 import StableDiffusion3Runner
 from baton.models.families.sd15 import StableDiffusionRunner
 from baton.models.families.sdxl import StableDiffusionXLRunner
 
-RUNNERS = (StableDiffusionRunner, StableDiffusionXLRunner)
+RUNNERS = (StableDiffusionRunner, StableDiffusionXLRunner, StableDiffusion3Runner, FluxRunner)
 
-__all__ = ["RUNNERS", "StableDiffusionRunner", "StableDiffusionXLRunner"]
+__all__ = ["RUNNERS", "FluxRunner", "StableDiffusion3Runner", "StableDiffusionRunner", "StableDiffusionXLRunner"]

@@ -5,11 +5,12 @@ from __future__ import annotations
 import torch
 from diffusers import StableDiffusionPipeline
 
-from baton.models.runner import Conditioning, ModelRunner, PromptEmbeddings, PromptInput
+from baton.models.types import Conditioning, PromptEmbeddings, PromptInput
+from baton.models.unet import UNetRunner
 from baton.request import GenerationRequest
 
 
-class StableDiffusionRunner(ModelRunner):
+class StableDiffusionRunner(UNetRunner):
     family = "sd15"
     pipeline_class = StableDiffusionPipeline
     default_guidance_scale = 7.5

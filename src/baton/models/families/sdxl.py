@@ -7,11 +7,12 @@ from diffusers import StableDiffusionXLPipeline
 
 from baton.device import copy_to_device
 from baton.models.invariance import run_rows_separately
-from baton.models.runner import Conditioning, ModelRunner, PromptEmbeddings, PromptInput
+from baton.models.types import Conditioning, PromptEmbeddings, PromptInput
+from baton.models.unet import UNetRunner
 from baton.request import GenerationRequest
 
 
-class StableDiffusionXLRunner(ModelRunner):
+class StableDiffusionXLRunner(UNetRunner):
     family = "sdxl"
     pipeline_class = StableDiffusionXLPipeline
     default_guidance_scale = 5.0
