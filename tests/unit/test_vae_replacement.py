@@ -42,12 +42,12 @@ def test_a_kl_vae_upsamples_by_two_per_level():
 
 
 def test_tiny_names_the_model_folders_own_tiny_autoencoder_if_it_has_one(tmp_path):
-    assert resolve_vae_name("tiny", "sd15", str(tmp_path)) == "taesd"
-    assert resolve_vae_name("tiny", "sdxl", None) == "taesdxl"
+    assert resolve_vae_name("tiny", "taesd", str(tmp_path)) == "taesd"
+    assert resolve_vae_name("tiny", "taesdxl", None) == "taesdxl"
     (tmp_path / TINY_VAE_SUBFOLDER).mkdir()
     (tmp_path / TINY_VAE_SUBFOLDER / "config.json").write_text("{}")
-    assert resolve_vae_name("tiny", "sd15", str(tmp_path)) == str(tmp_path / TINY_VAE_SUBFOLDER)
-    assert resolve_vae_name("taesd", "sd15", str(tmp_path)) == "taesd"  # an explicit name is taken as given
+    assert resolve_vae_name("tiny", "taesd", str(tmp_path)) == str(tmp_path / TINY_VAE_SUBFOLDER)
+    assert resolve_vae_name("taesd", "taesdxl", str(tmp_path)) == "taesd"  # an explicit name is taken as given
 
 
 def test_a_replacement_must_fit_the_models_latents():

@@ -94,6 +94,12 @@ class ModelRunner(ABC):
     batch_variant_suffixes: ClassVar[tuple[str, ...]] = ()
     """Where the denoiser's per-sample linears are (top-level module names, and name endings): the layers whose
     result for a row depends on the batch it runs in (``baton.models.invariance``)."""
+    tiny_vae: ClassVar[str] = "taesd"
+    """The built-in tiny autoencoder whose latents match this family's (``vae: tiny``; baton.optim.vae)."""
+    negative_branch: ClassVar[bool] = True
+    """Whether guidance runs a second, negative branch per image (classifier-free guidance) at all."""
+    joint_attention: ClassVar[bool] = False
+    """Whether the denoiser's attention is joint (text and image tokens together, processors of its own)."""
     negative_prompt: ClassVar[str | None] = None
     """Why this family takes no ``negative_prompt`` (it is refused with this reason); ``None``: it takes one."""
     unsupported_variants: ClassVar[dict[str, str]] = {}

@@ -23,6 +23,7 @@ from baton.request import GenerationRequest
 
 class TransformerRunner(ModelRunner):
     denoiser_name = "transformer"
+    joint_attention = True
     sampler_classes = FLOW_MATCH_SCHEDULER_CLASSES
     batch_variant_parents = ("time_text_embed",)  # timestep, pooled-text (and Flux-dev's guidance) embedders
     batch_variant_suffixes = ("norm1.linear", "norm1_context.linear", "norm.linear", "norm_out.linear")  # AdaLN

@@ -101,14 +101,14 @@ def apply_optimizations(runner: ModelRunner, config: EngineConfig, show_progress
     text_dtype = component_dtype("text_encoder_dtype", opts.text_encoder_dtype, runner.dtype, device)
     _add(applied, set_text_encoder_dtype(runner, text_dtype))
     if opts.vae is not None:  # 2. a replacement VAE (the tiny autoencoder, or an fp16-safe one)
-        vae_name = resolve_vae_name(opts.vae, runner.family, runner.source)
+        vae_name = resolve_vae_name(opts.vae, runner.tiny_vae, runner.source)
         vae = load_vae(vae_name, device, torch.float32, runner.vae_scale_factor)
         check_vae_fits(vae, runner.latent_channels, runner.vae_scale_factor, vae_name)
         if vae_name in BUILTIN_VAES and runner.source is not None:
             logger.warning("`vae` %r has random weights, but model %r has trained ones: its images will be noise. "
                            "For quality as well as speed, give a folder or hub id with a tiny autoencoder trained "
                            "for this model (%s), or put one in the model folder's %s/", opts.vae, runner.name,
-                           "madebyollin/taesdxl for SDXL" if runner.family == "sdxl" else "madebyollin/taesd for SD1.x",
+                           f"madebyollin/{runner.tiny_vae} for {runner.family}",
                            TINY_VAE_SUBFOLDER)
         vae_dtype = component_dtype("vae_dtype", opts.vae_dtype, runner.dtype, device)
         if opts.vae_dtype == "auto" and vae_dtype == torch.float16 and getattr(vae.config, "force_upcast", False):

@@ -175,9 +175,11 @@ def _float_timesteps(timesteps: torch.Tensor) -> torch.Tensor:
 
 
 def _pad_rows(inputs: DenoiserInputs, rows: int) -> DenoiserInputs:
+    """The inputs with ``rows`` rows, contiguous: a compiled graph guards on strides, and one request's rows may be
+    a broadcast view (stride 0) where a batch's are a concatenation."""
     latents, timesteps, conditioning = inputs
     if latents.shape[0] == rows:
-        return inputs
+        return latents.contiguous(), timesteps.contiguous(), conditioning.map_rows(torch.Tensor.contiguous)
     return _pad(latents, rows), _pad(timesteps, rows), conditioning.map_rows(lambda tensor: _pad(tensor, rows))
 
 

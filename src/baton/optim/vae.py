@@ -2,6 +2,7 @@
 
 ``taesd`` and ``taesdxl`` are the published architectures of madebyollin's tiny autoencoders (SD1.x and SDXL
 latents); they share one architecture and differ only in weights, so both are ``AutoencoderTiny()``'s defaults.
+``taesd3`` and ``taef1`` (SD3 and Flux latents) are the same design with 16 latent channels.
 Built here with random weights, they decode noise, but their cost and memory equal the real ones'. For a model
 whose VAE upsamples by another factor than 8, the built-in is the same design with one level more or fewer.
 
@@ -23,19 +24,20 @@ from baton.models.builtin import quiet_casts
 
 logger = logging.getLogger(__name__)
 
-BUILTIN_VAES: tuple[str, ...] = ("tiny", "taesd", "taesdxl")
-"""``tiny`` is the model's own tiny autoencoder if it ships one, else the one for the model's family:
-``taesdxl`` for SDXL, ``taesd`` otherwise."""
+BUILTIN_VAES: tuple[str, ...] = ("tiny", "taesd", "taesdxl", "taesd3", "taef1")
+"""``tiny`` is the model's own tiny autoencoder if it ships one, else the one for the model's family
+(``ModelRunner.tiny_vae``: ``taesdxl`` for SDXL, ``taesd3`` for SD3, ``taef1`` for Flux, ``taesd`` otherwise)."""
+_LATENT_CHANNELS = {"taesd3": 16, "taef1": 16}
 TINY_VAE_SUBFOLDER = "vae_tiny"
 """Where a model folder keeps its trained tiny autoencoder (not a diffusers convention: pipelines ignore it)."""
 
 
-def resolve_vae_name(name: str, family: str, model_source: str | None = None) -> str:
+def resolve_vae_name(name: str, family_tiny_vae: str, model_source: str | None = None) -> str:
     if name != "tiny":
         return name
     if model_source is not None and (Path(model_source) / TINY_VAE_SUBFOLDER / "config.json").is_file():
         return str(Path(model_source) / TINY_VAE_SUBFOLDER)
-    return "taesdxl" if family == "sdxl" else "taesd"
+    return family_tiny_vae
 
 
 def tiny_vae_architecture(upsampling: int = 8, channels: int = 64) -> dict[str, tuple[int, ...]]:
@@ -62,7 +64,7 @@ def load_vae(name: str, device: torch.device, dtype: torch.dtype, upsampling: in
     if name in BUILTIN_VAES:
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
             torch.manual_seed(0)
-            vae = AutoencoderTiny(**tiny_vae_architecture(upsampling))
+            vae = AutoencoderTiny(**tiny_vae_architecture(upsampling), latent_channels=_LATENT_CHANNELS.get(name, 4))
     else:
         vae = _load_pretrained(name)
     if isinstance(vae, AutoencoderTiny):

@@ -29,6 +29,8 @@ GUIDANCE = "guidance"
 class FluxRunner(TransformerRunner):
     family = "flux"
     pipeline_class = FluxPipeline
+    tiny_vae = "taef1"
+    negative_branch = False
     default_guidance_scale = 3.5
     max_sequence_length = 512
     t5_tokenizer = "tokenizer_2"
@@ -52,14 +54,16 @@ class FluxRunner(TransformerRunner):
                              f"{self.latent_channels}: a variant conditioned on an image (Fill, Depth, Canny), "
                              "which text-to-image serving cannot feed")
         self._ids: dict[tuple, torch.Tensor] = {}
+        # FluxPipeline hard-codes 1024 (its default_sample_size is 128 whatever the model); the VAE's config says
+        # 1024 for the published models and the native size of a small one (tiny-flux: 256). Read once: a
+        # replacement VAE (the tiny autoencoder) has no sample size.
+        self._native_size = int(self.pipeline.vae.config.sample_size)
         if not self.embeds_guidance:
             self.default_guidance_scale = 0.0  # schnell takes no scale; 0 says so in the request's answer
 
     @property
     def default_size(self) -> int:
-        # FluxPipeline hard-codes 1024 (its default_sample_size is 128 whatever the model); the VAE's config
-        # says 1024 for the published models and the native size of a small one (tiny-flux: 256)
-        return self.pipeline.vae.config.sample_size
+        return self._native_size
 
     @property
     def embeds_guidance(self) -> bool:

@@ -17,6 +17,7 @@ from baton.request import GenerationRequest
 class StableDiffusion3Runner(TransformerRunner):
     family = "sd3"
     pipeline_class = StableDiffusion3Pipeline
+    tiny_vae = "taesd3"
     default_guidance_scale = 7.0
     max_sequence_length = 256
     t5_tokenizer = "tokenizer_3"

@@ -15,6 +15,7 @@ from baton.request import GenerationRequest
 class StableDiffusionXLRunner(UNetRunner):
     family = "sdxl"
     pipeline_class = StableDiffusionXLPipeline
+    tiny_vae = "taesdxl"
     default_guidance_scale = 5.0
     # the approximation the SD web UIs use for SDXL previews
     latent_rgb_factors = ((0.3920, 0.4054, 0.4549), (-0.2634, -0.0196, 0.0653), (0.0568, 0.1687, -0.0755),
