@@ -19,6 +19,16 @@ Output folder (``$OUT`` when set, else ``--out``), 8 files::
     f-scale.json     baton bench scale on cuda:0: 1, 2 and 4 engine processes sharing the GPU, router overhead,
                      kill -9 under load
 
+``--suite dit`` runs issue 17's diffusion-transformer rows instead, in the same budget and files' limit::
+
+    gpu-check.json, log.txt   as above
+    g-flux.json      baton bench optimizations: flux-dev-random 1024², 28 steps, bf16: {"eager": diffusers vs
+                     baton eager, "compile": baton compiled} (no float32 reference: it would take the window)
+    g-sd3.json       the same for sd3-medium-random 1024², 28 steps with guidance: diffusers vs baton eager
+    g-serve.json     baton bench serve, flux-dev-random, 8 clients: {"512": ..., "1024": ...}, stacked against
+                     staged-step
+    g-schnell.json   baton bench serve, flux-schnell-random 1024², 4 steps, no guidance, 1 and 8 clients
+
 Raw outputs (JUnit XML, the benches' own folders, wheels, the inductor cache) go to a scratch folder outside the
 output folder, since only 8 files come back. Without CUDA, or with ``--dry-run``, the driver prints the plan and
 exits 0. Plots are drawn back here from the JSON (``benchmarks/gpu/plot.py``).
@@ -59,6 +69,12 @@ SCALE = ("-m", "baton.cli", "bench", "scale", "--device", "cuda:0", "--model", "
 """Issue 16's H200 row: one engine process against K = 2 and 4 on one GPU (no MPS: its daemon is not ours to
 start), sd15-random 512², images/s and p95."""
 OPTIMIZATIONS = ("-m", "baton.cli", "bench", "optimizations", "--profile", "gpu")
+DIT_OPTIMIZATIONS = ("-m", "baton.cli", "bench", "optimizations", "--device", "cuda", "--half", "bfloat16",
+                     "--size", "1024x1024", "--steps", "28", "--images", "1", "--iterations", "1", "--no-reference")
+"""Issue 17's latency rows. No float32 reference: Flux-dev in float32 without TF32 is ~35 s a generation here."""
+DIT_SERVE = ("-m", "baton.cli", "bench", "serve", "--device", "cuda", "--dtype", "bfloat16", "--modes",
+             "stacked,staged-step", "--rounds", "1", "--timeline", "false")
+SUITES = ("default", "dit")
 # The compile row and its restart (`--only` takes exact row names; one with a comma in it is matched whole).
 COMPILE_ROWS = "fp16 + SDPA + compile,fp16 + SDPA + compile (restart, warm cache)"
 
@@ -83,20 +99,12 @@ class Part:
     (the cold compile: it needs minutes, and gets whatever the window has left)."""
 
 
-def gpu_parts(scratch: Path, python: str = sys.executable, wheels: tuple[Path, ...] = ()) -> list[Part]:
-    """The check, in order of value."""
-    site = scratch / "site"
-    parts = []
-    # 1. setup: diffusers travels as wheels (the GPU host has none and no network); only what the host lacks
-    if wheels:
-        parts.append(Part(
-            "setup", (python, "-m", "pip", "install", "-q", "--no-index", "--no-deps", "--no-compile",
-                      "--no-cache-dir", "--upgrade", "--target", str(site), *map(str, wheels)),
-            cap_s=15, result=SUMMARY, key="setup",
-            read=lambda: {"site": str(site), "wheels": [wheel.name for wheel in wheels]}))
-    # 2. the machine, probed after the install so the diffusers it reports is the one the parts import
-    parts.append(Part("probe", (python, "benchmarks/gpu/probe.py", str(scratch / "probe.json")), cap_s=25,
-                      result=SUMMARY, key="machine", read=lambda: read_json(scratch / "probe.json")))
+def gpu_parts(scratch: Path, python: str = sys.executable, wheels: tuple[Path, ...] = (),
+              suite: str = "default") -> list[Part]:
+    """The check, in order of value; ``suite`` ``dit``: issue 17's diffusion-transformer rows instead."""
+    if suite == "dit":
+        return dit_parts(scratch, python, wheels)
+    parts = setup_parts(scratch, python, wheels)
     # 3. correctness on CUDA before any number is worth quoting; compile tests wait for the end (minutes each)
     parts.append(pytest_part(python, "a-tests", "not compile", scratch / "a-junit.xml", cap_s=80,
                               result="a-tests.json"))
@@ -125,6 +133,57 @@ def gpu_parts(scratch: Path, python: str = sys.executable, wheels: tuple[Path, .
     # three tests of two cold compiles each: several minutes, so they too take what is left, if anything is
     parts.append(dataclasses.replace(pytest_part(python, "e-compile-tests", "compile", scratch / "e-junit.xml",
                                                  cap_s=25, result="e-compile.json", key="tests"), stretch=True))
+    return parts
+
+
+def setup_parts(scratch: Path, python: str, wheels: tuple[Path, ...]) -> list[Part]:
+    """What every suite starts with: diffusers installed from wheels, then the machine probed."""
+    site = scratch / "site"
+    parts = []
+    # 1. setup: diffusers travels as wheels (the GPU host has none and no network); only what the host lacks
+    if wheels:
+        parts.append(Part(
+            "setup", (python, "-m", "pip", "install", "-q", "--no-index", "--no-deps", "--no-compile",
+                      "--no-cache-dir", "--upgrade", "--target", str(site), *map(str, wheels)),
+            cap_s=15, result=SUMMARY, key="setup",
+            read=lambda: {"site": str(site), "wheels": [wheel.name for wheel in wheels]}))
+    # 2. the machine, probed after the install so the diffusers it reports is the one the parts import
+    parts.append(Part("probe", (python, "benchmarks/gpu/probe.py", str(scratch / "probe.json")), cap_s=25,
+                      result=SUMMARY, key="machine", read=lambda: read_json(scratch / "probe.json")))
+    return parts
+
+
+def dit_parts(scratch: Path, python: str, wheels: tuple[Path, ...]) -> list[Part]:
+    """Issue 17's H200 rows: Flux-dev and SD3-medium latency against plain diffusers, then serving Flux."""
+    parts = setup_parts(scratch, python, wheels)
+    # 1. Flux-dev 1024², 28 steps, bf16: the published marks are 5.58 s (SDPA), 4.32 s (compiled), 3.50 s (FA3).
+    #    The compiled row is a part of its own, so a cold compile past its cap keeps the eager numbers.
+    for key, rows, cap in (("eager", "diffusers bf16 + SDPA (stacked),bf16 + SDPA", 90),
+                           ("compile", "bf16 + SDPA + compile", 130)):
+        folder = scratch / f"g-flux-{key}"
+        parts.append(Part(
+            f"g-flux-{key}", (python, *DIT_OPTIMIZATIONS, "--model", "flux-dev-random", "--only", rows,
+                              "--compile-cache", str(scratch / "g-inductor"), "--out", str(folder)),
+            cap_s=cap, result="g-flux.json", key=key,
+            read=lambda folder=folder: read_json(folder / "optimizations.json")))
+    # 2. SD3-medium 1024², 28 steps with guidance: latency against plain diffusers
+    parts.append(Part(
+        "g-sd3", (python, *DIT_OPTIMIZATIONS, "--model", "sd3-medium-random", "--only",
+                  "diffusers bf16 + SDPA (stacked),bf16 + SDPA", "--out", str(scratch / "g-sd3")),
+        cap_s=60, result="g-sd3.json", read=lambda: read_json(scratch / "g-sd3" / "optimizations.json")))
+    # 3. serving Flux-dev: stacked against staged-step, 8 clients, at 512² and 1024²
+    for size, cap in (("512", 90), ("1024", 80)):
+        raw = scratch / f"g-serve-{size}.json"
+        parts.append(Part(
+            f"g-serve-{size}", (python, *DIT_SERVE, "--model", "flux-dev-random", "--size", f"{size}x{size}",
+                                "--steps", "28", "--concurrency", "8", "--requests", "16", "--json", str(raw)),
+            cap_s=cap, result="g-serve.json", key=size, read=lambda raw=raw: read_json(raw)))
+    # 4. the few-step model: flux-schnell, 4 steps, no guidance, what a latency-first service runs
+    raw = scratch / "g-schnell.json"
+    parts.append(Part(
+        "g-schnell", (python, *DIT_SERVE, "--model", "flux-schnell-random", "--size", "1024x1024", "--steps", "4",
+                      "--concurrency", "1,8", "--requests", "16", "--json", str(raw)),
+        cap_s=40, result="g-schnell.json", stretch=True, read=lambda: read_json(raw)))
     return parts
 
 
@@ -436,6 +495,8 @@ def main(argv: list[str] | None = None) -> int:
                                                                 "benchmarks/results/gpu-check-DATE)")
     parser.add_argument("--scratch", type=Path, default=None, help="raw outputs (default: a new temporary folder)")
     parser.add_argument("--wheels", type=Path, default=ROOT / ".whl", help="wheels to install first, if present")
+    parser.add_argument("--suite", choices=SUITES, default="default",
+                        help="default: the check every GPU task runs; dit: issue 17's SD3 / Flux rows")
     parser.add_argument("--parts", default="", help="comma-separated name prefixes of the parts to run, e.g. a,e")
     parser.add_argument("--cap", action="append", default=[], metavar="NAME=SECONDS", help="resize one part's cap")
     parser.add_argument("--dry-run", action="store_true", help="print the plan and exit")
@@ -447,7 +508,7 @@ def main(argv: list[str] | None = None) -> int:
     scratch = Path("<scratch>") if dry_run else (args.scratch or Path(tempfile.mkdtemp(prefix="baton-gpu-check-")))
     wheels = tuple(sorted(args.wheels.glob("*.whl"))) if args.wheels.is_dir() else ()
     try:
-        parts = select_parts(gpu_parts(scratch, sys.executable, wheels), args.parts, args.cap)
+        parts = select_parts(gpu_parts(scratch, sys.executable, wheels, args.suite), args.parts, args.cap)
         check_plan(parts)
     except ValueError as exc:
         print(f"gpu-check: error: {exc}", file=sys.stderr)

@@ -489,7 +489,7 @@ def _models(args: argparse.Namespace) -> int:
     from baton.models.registry import EMBEDDED_MODELS, embedded_parameter_counts
     from baton.optim.vae import TINY_VAE_SUBFOLDER
 
-    table = Table(title="built-in models (any diffusers SD1.x/SDXL folder or hub id loads too)")
+    table = Table(title="built-in models (any diffusers SD1.x, SDXL, SD3, Flux or PixArt-Σ folder or hub id loads too)")
     for column in ("name", "family", "parameters", "components", "description"):
         table.add_column(column, justify="right" if column == "parameters" else "left")
     for name in EMBEDDED_MODELS:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import logging
 import queue
 import threading
@@ -128,17 +129,26 @@ def run_stacked(
     ``on_step(steps_done, steps_total, latents)`` runs after each step (diffusers' ``callback_on_step_end``);
     returning ``True`` interrupts the remaining steps."""
     # (no `runner.running()` here: the options it serves, model offload and attention kernels, are staged-only)
-    callback = None
+    callbacks = {}
     if on_step is not None:
+        if "callback_on_step_end" in inspect.signature(pipe.__call__).parameters:
 
-        def callback(pipe, step: int, timestep, tensors: dict) -> dict:
-            if on_step(step + 1, pipe.num_timesteps, tensors["latents"]):
-                # not diffusers' `_interrupt`, which skips the steps but still decodes for nobody
-                raise PipelineInterrupted
-            return tensors
+            def on_step_end(pipe, step: int, timestep, tensors: dict) -> dict:
+                if on_step(step + 1, pipe.num_timesteps, tensors["latents"]):
+                    # not diffusers' `_interrupt`, which skips the steps but still decodes for nobody
+                    raise PipelineInterrupted
+                return tensors
 
-    return pipe(**runner.pipeline_arguments(request), generator=generator, output_type="pt",
-                callback_on_step_end=callback).images
+            callbacks = {"callback_on_step_end": on_step_end}
+        else:  # the older per-step callback (PixArt's pipelines)
+
+            def callback(step: int, timestep, latents: torch.Tensor) -> None:
+                if on_step(step + 1, len(pipe.scheduler.timesteps), latents):
+                    raise PipelineInterrupted
+
+            callbacks = {"callback": callback, "callback_steps": 1}
+
+    return pipe(**runner.pipeline_arguments(request), generator=generator, output_type="pt", **callbacks).images
 
 
 class StackedExecutor:

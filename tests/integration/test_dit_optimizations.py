@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 from baton import Engine, GenerationRequest
 from baton.config import CompileConfig, OptimizationConfig, PromptCacheConfig
@@ -64,6 +65,14 @@ def test_joint_attention_keeps_its_processors_and_the_options_match_diffusers(mo
 
 
 @pytest.mark.parametrize("model", DIT_MODELS)
+def test_fused_qkv_really_fuses_the_projections(model):
+    with Engine(models=model, device="cpu", optimizations=OptimizationConfig(fuse_qkv=True)) as engine:
+        layers = list(engine.runners[model].denoiser_module.modules())
+        assert any(getattr(layer, "fused_projections", False) for layer in layers)
+        assert any(hasattr(layer, "to_qkv") for layer in layers)
+
+
+@pytest.mark.parametrize("model", DIT_MODELS)
 def test_half_precision_reaches_every_text_encoder_t5_included(model):
     with Engine(models=model, device="cpu", optimizations=OptimizationConfig(text_encoder_dtype="bfloat16")) as engine:
         runner = engine.runners[model]
@@ -72,6 +81,22 @@ def test_half_precision_reaches_every_text_encoder_t5_included(model):
                             else {"text_encoder", "text_encoder_2"})
         assert all(str(encoder.dtype) == "torch.bfloat16" for encoder in runner.text_encoders())
         assert any(type(encoder).__name__ == "T5EncoderModel" for encoder in runner.text_encoders())
+
+
+def test_float16_text_encoders_keep_t5s_overflowing_layers_in_float32():
+    """T5's feed-forward output overflows in float16; transformers keeps it in float32 at load, and so does the
+    option. (The engine refuses float16 on a CPU, so the option's function is called directly here.)"""
+    from baton.models import load_model
+    from baton.optim.precision import set_text_encoder_dtype
+
+    runner = load_model("tiny-flux", torch.device("cpu"), torch.float32)
+    line = set_text_encoder_dtype(runner, torch.float16)
+    t5 = runner.pipeline.text_encoder_2
+    dtypes = {name: module.weight.dtype for name, module in t5.named_modules() if name.endswith(("wo", "wi_0"))}
+    assert {dtype for name, dtype in dtypes.items() if name.endswith("wo")} == {torch.float32}
+    assert {dtype for name, dtype in dtypes.items() if name.endswith("wi_0")} == {torch.float16}
+    assert runner.pipeline.text_encoder.dtype == torch.float16  # CLIP has no such layers
+    assert "T5EncoderModel wo kept in float32" in line
 
 
 @pytest.mark.parametrize("model", DIT_MODELS)

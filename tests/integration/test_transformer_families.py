@@ -1,6 +1,6 @@
-"""SD3 and Flux (diffusion transformers) through the same stages: for the same seed, baton's images equal the plain
-diffusers pipeline's, alone, batched with other steps and guidance, joining mid-run, from a saved folder, and at a
-non-square size."""
+"""SD3, Flux and PixArt-Σ (diffusion transformers) through the same stages: for the same seed, baton's images equal
+the plain diffusers pipeline's, alone, batched with other steps and guidance, joining mid-run, from a saved folder,
+and at a non-square size."""
 
 from __future__ import annotations
 
@@ -15,13 +15,13 @@ from baton.models.builtin import SPECS
 from tests.conftest import assert_matches_reference, batching_engine
 from tests.integration.test_step_batching import Requests
 
-DIT_MODELS = ["tiny-sd3", "tiny-flux"]
+DIT_MODELS = ["tiny-sd3", "tiny-flux", "tiny-pixart"]
 SMALL = dict(width=128, height=128, output_format="np")
 
 
 @pytest.fixture(scope="module")
 def dit_engine():
-    with Engine(models=("tiny-sd3", "tiny-flux", "tiny-flux-schnell"), device="cpu") as engine:
+    with Engine(models=("tiny-sd3", "tiny-flux", "tiny-flux-schnell", "tiny-pixart"), device="cpu") as engine:
         yield engine
 
 
@@ -29,7 +29,7 @@ def dit_engine():
 @pytest.mark.parametrize("size", [(128, 128), (192, 64)])
 def test_alone_equals_diffusers(dit_engine, model, size):
     """The model's defaults (SD3: CFG 7.0 with an empty negative prompt; Flux-dev: guidance 3.5 embedded; schnell:
-    none), at a square and a non-square size."""
+    none; PixArt-Σ: CFG 4.5, DPM-Solver++, learned variance dropped), at a square and a non-square size."""
     width, height = size
     request = GenerationRequest(prompt="a red circle on blue", model=model, steps=4, seed=5, num_images=2,
                                 width=width, height=height, output_format="np")
@@ -48,7 +48,7 @@ def test_batching_with_other_steps_guidance_and_samplers_never_changes_a_result(
         GenerationRequest(prompt="a yellow bird", seed=3, steps=3, guidance_scale=9.0, scheduler="heun"),
         GenerationRequest(prompt="a red fox", seed=4, steps=5, guidance_scale=2.0, scheduler="euler"),
     ]
-    if model == "tiny-sd3":
+    if model != "tiny-flux":
         requests[0] = GenerationRequest(prompt="a red fox", seed=1, steps=4, negative_prompt="blurry")
     else:  # Flux's samplers are default and euler (Heun has no resolution-dependent shift)
         requests[2] = _with(requests[2], scheduler="euler")
@@ -88,12 +88,38 @@ def test_a_saved_folder_loads_and_generates_the_same_images(tmp_path, model):
     request = GenerationRequest(prompt="a red fox", seed=11, steps=3, width=192, height=64, output_format="np")
     with Engine(models=model, device="cpu") as builtin, Engine(models=str(folder), device="cpu") as loaded:
         runner = loaded.runners[str(folder)]
-        assert runner.family == builtin.runners[model].family and runner.default_size == 256
+        assert runner.family == builtin.runners[model].family
+        assert runner.default_size == builtin.runners[model].default_size
         expected = builtin.generate(request).pixels
         result = loaded.generate(request)
         assert_matches_reference(loaded, result, request)
     # loaded tensors are not 64-byte aligned, so CPU GEMMs may sum in another order: ~1e-6, not bitwise
     assert float(np.abs(result.pixels - expected).max()) <= 1e-5
+
+
+@pytest.mark.parametrize("mode", ["staged", "stacked"])
+@pytest.mark.parametrize("model", DIT_MODELS)
+def test_previews_unpack_the_latents_in_both_modes(model, mode):
+    """Flux keeps packed latents ([n, tokens, 4C]); a preview is still an [h, w, 3] image of the latent grid. The
+    stacked baseline reports steps through the pipeline's callback (PixArt's pipeline has the older kind)."""
+    previews = []
+    with Engine(models=model, device="cpu", mode=mode) as engine:
+        request = GenerationRequest(prompt="a red fox", model=model, steps=4, seed=3, width=192, height=64,
+                                    output_format="np")
+        result = engine.submit(request, preview=lambda done, total, rgb: previews.append((done, total, rgb)),
+                               preview_every=2).result(60)
+        assert_matches_reference(engine, result, request)
+    assert [(done, total) for done, total, _ in previews] == [(2, 4)]
+    assert previews[0][2].shape == (1, 64 // 8, 192 // 8, 3)
+
+
+def test_a_folder_size_limit_must_be_a_multiple_the_model_takes(tmp_path):
+    from baton.models import ModelLoadError, load_model
+
+    SPECS["tiny-flux"].build(torch.device("cpu"), torch.float32).save_pretrained(tmp_path)
+    (tmp_path / "baton.json").write_text('{"max_size": 264}')
+    with pytest.raises(ModelLoadError, match="`max_size` in .*must be a multiple of 16 .*got 264"):
+        load_model(str(tmp_path), torch.device("cpu"), torch.float32)
 
 
 def test_request_checks_follow_the_family(dit_engine):

@@ -127,6 +127,18 @@ def test_the_plan_fits_the_budget_and_the_files_that_come_back():
     check.check_plan(parts)
 
 
+def test_the_dit_suite_fits_the_budget_and_the_files_that_come_back():
+    wheels = (Path(".whl/diffusers-0.42.1-py3-none-any.whl"),)
+    parts = check.gpu_parts(Path("/scratch"), "python3", wheels, suite="dit")
+    names = [part.name for part in parts]
+    assert names[:3] == ["setup", "probe", "g-flux-eager"] and names[-1] == "g-schnell"
+    assert sum(part.cap_s for part in parts) <= check.DEFAULT_BUDGET_S
+    assert len(check.planned_files(parts)) <= check.MAX_FILES
+    check.check_plan(parts)
+    flux = next(part for part in parts if part.name == "g-flux-eager")
+    assert "flux-dev-random" in flux.argv and "--no-reference" in flux.argv and "1024x1024" in flux.argv
+
+
 def test_a_plan_of_more_files_than_come_back_is_refused():
     parts = [check.Part(f"p{i}", ("true",), cap_s=1, result=f"p{i}.json") for i in range(7)]
     with pytest.raises(ValueError, match="writes 9 files but only 8 come back"):

@@ -100,6 +100,9 @@ def add_bench_parser(commands: argparse._SubParsersAction, size_type) -> None:
     optimizations.add_argument("--only", type=_names, default=None,
                                help="comma-separated exact row names to run (the reference always runs; an unknown "
                                     "name lists the valid ones)")
+    optimizations.add_argument("--reference", action=argparse.BooleanOptionalAction, default=True,
+                               help="run the float32 reference row the PSNR column compares with (--no-reference: "
+                                    "skip it where float32 costs more than the window has, e.g. Flux-dev on a GPU)")
     optimizations.add_argument("--compile-cache", default=None, help="persistent compile cache folder")
     optimizations.add_argument("--out", type=Path, default=None,
                                help="folder for optimizations.json/.md/.png (default: a new folder in "
@@ -220,7 +223,7 @@ def optimization_settings(args: argparse.Namespace):
     return OptimizationSettings(
         model=args.model, images=args.images, steps=args.steps, width=width, height=height, device=args.device,
         half=args.half, iterations=args.iterations, only=tuple(args.only), compile_cache=args.compile_cache,
-        profile=args.profile,
+        profile=args.profile, reference=args.reference,
     )
 
 

@@ -55,6 +55,8 @@ class OptimizationSettings:
     """Run only the rows of these exact names (the reference row always runs). Row names hold commas, so the
     comma-separated parts of ``--only`` are joined back where they make a name (see :func:`select_rows`)."""
     compile_cache: str | None = None
+    reference: bool = True
+    """Run the float32 reference row (the PSNR column's images); without it that column is empty."""
     timeout_s: float = 3600.0
     profile: str | None = None
     """The ``--profile`` that set the defaults, recorded for the reader."""
@@ -99,27 +101,34 @@ def gpu_profile(half: str = "auto", device: str = "auto") -> dict[str, Any]:
 def table_rows(settings: OptimizationSettings, device_type: str) -> list[Row]:
     """The write-up's configurations, then the presets (or those ``settings.only`` names), each an EngineConfig
     for this device."""
+    from baton.models.registry import runner_class
+
     half = half_dtype(settings.half, device_type)
     short = short_dtype(half)
-    rows_per_forward = settings.images * 2  # guided
+    family = runner_class(settings.model)
+    guided = family is None or family.negative_branch  # Flux runs one row per image whatever its guidance
+    rows_per_forward = settings.images * (2 if guided else 1)
     size = (settings.width, settings.height) if settings.width and settings.height else None
     # compiled for this table's one shape only: every other bucket would add a compile and measure nothing
     compile_here = CompileConfig(enabled=True, batch_buckets=(rows_per_forward,), sizes=(size,) if size else (),
                                  cache_dir=settings.compile_cache)
     base = EngineConfig(models=(settings.model,), device=settings.device,
                         denoise=dataclasses.replace(EngineConfig().denoise, max_rows=max(16, rows_per_forward)))
-    classic = OptimizationConfig(attention="classic")
     sdpa = OptimizationConfig()
+    # joint attention (SD3, Flux) has no classic processor: its fp32 reference and baseline use SDPA
+    joint = family is not None and family.joint_attention
+    classic = sdpa if joint else OptimizationConfig(attention="classic")
+    fp32 = "fp32 + SDPA" if joint else REFERENCE_ROW
     cuda = device_type == "cuda"
 
     def engine(name: str, dtype: str, options: OptimizationConfig, kind: str = "option", mode: str = "staged"):
         return Row(name, dataclasses.replace(base, dtype=dtype, optimizations=options, mode=mode), kind)
 
     rows = [
-        engine(REFERENCE_ROW, "float32", classic, kind="reference"),
-        engine("diffusers fp32, classic attention (stacked)", "float32", classic, kind="baseline", mode="stacked"),
+        engine(fp32, "float32", classic, kind="reference"),
+        engine(f"diffusers {fp32} (stacked)", "float32", classic, kind="baseline", mode="stacked"),
         engine(f"diffusers {short} + SDPA (stacked)", half, sdpa, kind="baseline", mode="stacked"),
-        engine(f"{short}, classic attention", half, classic),
+        *([] if joint else [engine(f"{short}, classic attention", half, classic)]),
         engine(f"{short} + SDPA", half, sdpa),
         engine(f"{short} + SDPA + compile", half, dataclasses.replace(sdpa, compile=compile_here)),
         # the same engine started again: its ready time is a restart's with the compile cache warm
@@ -137,7 +146,8 @@ def table_rows(settings: OptimizationSettings, device_type: str) -> list[Row]:
     ]
     rows += [Row(f"preset {name}", config, "preset") for name, config in preset_configs(base, device_type,
                                                                                         compile_here).items()]
-    return select_rows(rows, settings.only) if settings.only else rows
+    rows = select_rows(rows, settings.only) if settings.only else rows
+    return rows if settings.reference else [row for row in rows if row.kind != "reference"]
 
 
 def select_rows(rows: list[Row], only: tuple[str, ...]) -> list[Row]:

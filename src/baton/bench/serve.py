@@ -14,6 +14,7 @@ The optimization options (``--preset`` and the flags) apply to the staged modes 
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import multiprocessing
@@ -216,17 +217,14 @@ class _CeilingTarget:
         end = first_index + total
         for start in range(first_index, end, clients):
             requests = [self.settings.request(i) for i in range(start, min(start + clients, end))]
+            first = dataclasses.replace(requests[0], width=self.settings.width, height=self.settings.height,
+                                        steps=self.settings.steps, guidance_scale=requests[0].guidance_scale
+                                        if requests[0].guidance_scale is not None
+                                        else self.runner.default_guidance_scale)
             submitted = time.perf_counter()
-            output = self.pipe(
-                prompt=[r.prompt for r in requests],
-                num_inference_steps=self.settings.steps,
-                width=self.settings.width,
-                height=self.settings.height,
-                guidance_scale=requests[0].guidance_scale
-                if requests[0].guidance_scale is not None
-                else self.runner.default_guidance_scale,
-                generator=[torch.Generator("cpu").manual_seed(r.seed) for r in requests],
-            )
+            # the family's own call (PixArt: no size binning), with every client's prompt and generator at once
+            output = self.pipe(**{**self.runner.pipeline_arguments(first), "prompt": [r.prompt for r in requests]},
+                               generator=[torch.Generator("cpu").manual_seed(r.seed) for r in requests])
             finished = time.perf_counter()
             outcomes += [Outcome(submitted, finished, 1) for _ in output.images]
         return outcomes

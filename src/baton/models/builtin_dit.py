@@ -1,4 +1,5 @@
-"""Built-in diffusion-transformer pipelines (Stable Diffusion 3, Flux) with random weights, from config dicts.
+"""Built-in diffusion-transformer pipelines (Stable Diffusion 3, Flux, PixArt-Σ) with random weights, from config
+dicts.
 
 Like :mod:`baton.models.builtin`: ``tiny-*`` models exercise the SD3 and Flux code paths in tests on a CPU, and
 ``*-random`` models have the published shapes of SD3 medium and FLUX.1 dev / schnell, so their compute, memory and
@@ -20,15 +21,18 @@ import torch
 from diffusers import (
     AutoencoderKL,
     DiffusionPipeline,
+    DPMSolverMultistepScheduler,
     FlowMatchEulerDiscreteScheduler,
     FluxPipeline,
     FluxTransformer2DModel,
+    PixArtSigmaPipeline,
+    PixArtTransformer2DModel,
     SD3Transformer2DModel,
     StableDiffusion3Pipeline,
 )
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, T5Config, T5EncoderModel
 
-from baton.models.builtin import _clip_text, quiet_casts
+from baton.models.builtin import _TINY_VAE, _clip_text, quiet_casts
 from baton.models.tokenizers import (
     byte_level_clip_tokenizer,
     byte_level_vocab,
@@ -49,6 +53,12 @@ SD3_SCHEDULER = {**_FLOW_MATCH_DEFAULTS, "shift": 3.0}  # stabilityai/stable-dif
 # black-forest-labs/FLUX.1-dev: the shift grows with the image's token count (mu from 0.5 at 256 to 1.15 at 4096)
 FLUX_DEV_SCHEDULER = {**_FLOW_MATCH_DEFAULTS, "shift": 3.0, "use_dynamic_shifting": True}
 FLUX_SCHNELL_SCHEDULER = {**_FLOW_MATCH_DEFAULTS, "shift": 1.0}  # black-forest-labs/FLUX.1-schnell: unshifted
+# PixArt-alpha/PixArt-Sigma-XL-2-1024-MS: DPM-Solver++ (2M) over a linear beta schedule, epsilon prediction
+PIXART_SIGMA_SCHEDULER = dict(
+    num_train_timesteps=1000, beta_start=0.0001, beta_end=0.02, beta_schedule="linear", prediction_type="epsilon",
+    algorithm_type="dpmsolver++", solver_order=2, solver_type="midpoint", lower_order_final=True,
+    use_karras_sigmas=False, timestep_spacing="linspace", steps_offset=0, thresholding=False, variance_type=None,
+)
 
 # Which text encoder class each position holds. SD3 takes the penultimate hidden states and the projected
 # pooled output of both CLIPs; Flux takes only CLIP-L's unprojected pooled output.
@@ -56,8 +66,11 @@ _TEXT_ENCODERS: dict[str, tuple[tuple[str, type[torch.nn.Module]], ...]] = {
     "sd3": (("text_encoder", CLIPTextModelWithProjection), ("text_encoder_2", CLIPTextModelWithProjection),
             ("text_encoder_3", T5EncoderModel)),
     "flux": (("text_encoder", CLIPTextModel), ("text_encoder_2", T5EncoderModel)),
+    "pixart": (("text_encoder", T5EncoderModel),),
 }
-_TRANSFORMERS: dict[str, type[torch.nn.Module]] = {"sd3": SD3Transformer2DModel, "flux": FluxTransformer2DModel}
+_TRANSFORMERS: dict[str, type[torch.nn.Module]] = {
+    "sd3": SD3Transformer2DModel, "flux": FluxTransformer2DModel, "pixart": PixArtTransformer2DModel,
+}
 
 
 @contextlib.contextmanager
@@ -98,7 +111,7 @@ class DiTSpec:
     """A random-weight SD3 or Flux pipeline described by the config dicts of its components."""
 
     name: str
-    family: str  # "sd3" or "flux"
+    family: str  # "sd3", "flux" or "pixart"
     description: str
     transformer: dict
     vae: dict
@@ -144,6 +157,11 @@ class DiTSpec:
         return modules
 
     def _assemble(self, modules: dict[str, torch.nn.Module]) -> DiffusionPipeline:
+        if self.family == "pixart":
+            pipe = PixArtSigmaPipeline(**modules, scheduler=DPMSolverMultistepScheduler(**self.scheduler),
+                                       tokenizer=character_t5_tokenizer())
+            pipe.set_progress_bar_config(disable=True)
+            return pipe
         scheduler = FlowMatchEulerDiscreteScheduler(**self.scheduler)
         if self.family == "sd3":
             # SD3's second tokenizer pads with "!" as SDXL's bigG tokenizer does
@@ -224,6 +242,22 @@ DIT_SPECS: dict[str, DiTSpec] = {
             ),
             scheduler=SD3_SCHEDULER,
             native_size=_TINY_SD3_SIZE,
+        ),
+        DiTSpec(
+            name="tiny-pixart",
+            family="pixart",
+            description="tiny random PixArt-Σ-style pipeline for tests (DiT with cross-attention to T5, AdaLN-single, "
+                        "learned variance, DPM-Solver++)",
+            # the transformer's width (2 heads x 8) is its cross-attention width; out_channels 8: noise and the
+            # learned variance, 4 channels each
+            transformer=dict(
+                sample_size=16, patch_size=2, in_channels=4, out_channels=8, num_layers=2, num_attention_heads=2,
+                attention_head_dim=8, cross_attention_dim=16, caption_channels=32, use_additional_conditions=False,
+            ),
+            vae={**_TINY_VAE, "scaling_factor": 0.13025},  # PixArt-Σ decodes with SDXL's VAE
+            text_encoders=(_t5_encoder(32, 64, 8, 4, 2, vocab_size=_CHAR_VOCAB),),
+            scheduler=PIXART_SIGMA_SCHEDULER,
+            native_size=128,
         ),
         _tiny_flux("tiny-flux", True, FLUX_DEV_SCHEDULER,
                    "tiny random FLUX.1-dev-style pipeline for tests (guidance embedding, dynamic shift)"),

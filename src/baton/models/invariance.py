@@ -22,18 +22,6 @@ from collections.abc import Callable, Iterator, Sequence
 
 import torch
 
-_BATCH_VARIANT_PARENTS = ("time_embedding", "add_embedding", "class_embedding")
-
-
-def batch_variant_layers(unet: torch.nn.Module) -> list[torch.nn.Linear]:
-    """The UNet's linears that see one row per sample (M = batch): its embedding MLPs and time projections."""
-    return [
-        module
-        for name, module in unet.named_modules()
-        if isinstance(module, torch.nn.Linear)
-        and (name.split(".")[0] in _BATCH_VARIANT_PARENTS or name.endswith("time_emb_proj"))
-    ]
-
 
 def run_rows_separately(linear: torch.nn.Linear, enabled: Callable[[], bool] = lambda: True) -> None:
     """Run ``linear`` one row at a time while ``enabled()`` (for inputs whose every row is a request of its own,
@@ -52,7 +40,7 @@ class RequestSegments:
 
     Example::
 
-        segments = RequestSegments(batch_variant_layers(unet))
+        segments = RequestSegments(runner.batch_variant_layers())
         with segments.split([2, 2, 1]):  # rows of three requests, in order
             unet(...)
 

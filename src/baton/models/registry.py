@@ -56,6 +56,20 @@ class ModelLoadError(ValueError):
     """A model name that is neither built in, nor a loadable folder, nor a reachable hub id."""
 
 
+def runner_class(name: str) -> type[ModelRunner] | None:
+    """The runner class ``name`` would load with, read without loading weights (``None``: not known here)."""
+    spec = SPECS.get(name)
+    if spec is not None:
+        return _RUNNER_BY_FAMILY[spec.family]
+    source = str(EMBEDDED_MODELS.get(name, name))
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return _RUNNER_BY_PIPELINE.get(DiffusionPipeline.load_config(source)["_class_name"])
+    except Exception:  # a missing folder or an unreachable hub id: load_model will say why
+        return None
+
+
 def load_model(name: str, device: torch.device, dtype: torch.dtype) -> ModelRunner:
     """Load ``name`` onto ``device`` in ``dtype`` and wrap it in its family's runner.
 
@@ -112,9 +126,11 @@ def _load_pretrained(source: str, device: torch.device, dtype: torch.dtype, name
         runner.default_guidance_scale = defaults["guidance_scale"]
     runner.example_prompt = defaults.get("example_prompt")
     runner.max_size = defaults.get("max_size")
-    if runner.max_size is not None and runner.max_size < runner.default_size:
-        raise ModelLoadError(f"`max_size` in {Path(source) / SERVING_DEFAULTS_FILE} must be at least the model's "
-                             f"native size {runner.default_size}, got {runner.max_size}")
+    if runner.max_size is not None and (runner.max_size < runner.default_size
+                                        or runner.max_size % runner.size_multiple):
+        raise ModelLoadError(f"`max_size` in {Path(source) / SERVING_DEFAULTS_FILE} must be a multiple of "
+                             f"{runner.size_multiple} and at least the model's native size {runner.default_size}, "
+                             f"got {runner.max_size}")
     return runner
 
 

@@ -211,8 +211,8 @@ class ModelRunner(ABC):
     # -- guidance -------------------------------------------------------------------------------------------------
     def uses_guidance(self, guidance_scale: float) -> bool:
         """Classifier-free guidance (a second, negative branch per image) runs, as in diffusers, for a scale
-        above 1, unless the family takes the scale another way."""
-        return guidance_scale > 1.0
+        above 1, in a family that has the branch at all."""
+        return self.negative_branch and guidance_scale > 1.0
 
     def guidance_condition(self, request: GenerationRequest, rows: int) -> dict[str, torch.Tensor]:
         """Per-row tensors of a guidance-distilled model that embeds the guidance scale; else nothing."""
@@ -254,6 +254,10 @@ class ModelRunner(ABC):
     def scale_model_input(self, scheduler: SchedulerMixin, rows: torch.Tensor, timestep: torch.Tensor) -> torch.Tensor:
         """What the sampler makes of the latents before the denoiser sees them (flow-matching samplers: nothing)."""
         return rows
+
+    def model_output(self, prediction: torch.Tensor) -> torch.Tensor:
+        """What the sampler steps on, from the guided prediction (PixArt drops its learned-variance channels)."""
+        return prediction
 
     def unpack(self, latents: torch.Tensor, height: int, width: int) -> torch.Tensor:
         """Latents as the denoiser keeps them → [n, C, h, w] as the VAE takes them (Flux packs 2x2 patches)."""
@@ -320,6 +324,7 @@ class ModelRunner(ABC):
         if state.with_guidance:
             uncond, cond = prediction.chunk(2)
             prediction = uncond + state.guidance_scale * (cond - uncond)
+        prediction = self.model_output(prediction)
         t = state.timesteps[state.index]
         state.latents = state.scheduler.step(prediction, t, state.latents, **state.step_kwargs, return_dict=False)[0]
         state.index += 1

@@ -44,6 +44,14 @@ class TransformerRunner(ModelRunner):
     def size_multiple(self) -> int:
         return self.vae_scale_factor * self.patch
 
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        if self.pipeline.scheduler.config.get("use_dynamic_shifting", False):
+            for name, cls in self.sampler_classes.items():
+                if cls is not None and "mu" not in inspect.signature(cls.set_timesteps).parameters:
+                    self.schedulers.unsupported.setdefault(
+                        name, f"{cls.__name__} has no resolution-dependent shift, which this model's schedule has")
+
     def image_tokens(self, height: int, width: int) -> int:
         return (height // self.size_multiple) * (width // self.size_multiple)
 
@@ -65,7 +73,7 @@ class TransformerRunner(ModelRunner):
         sigmas = self.flow_sigmas(request.steps)
         if sigmas is not None and not config.get("use_flow_sigmas", False):
             arguments["sigmas"] = sigmas
-        # the Heun sampler takes neither: it has no dynamic shift and spaces its own sigmas
+        # the Heun sampler takes neither: it spaces its own sigmas (and is refused where the schedule shifts)
         accepted = inspect.signature(scheduler.set_timesteps).parameters
         scheduler.set_timesteps(
             None if "sigmas" in arguments and "sigmas" in accepted else request.steps, device="cpu",

@@ -60,6 +60,7 @@ def set_attention(modules: list[torch.nn.Module], name: str) -> str:
 
 def fuse_qkv(denoiser: torch.nn.Module) -> str:
     if not hasattr(denoiser, "fuse_qkv_projections"):
-        raise ValueError(f"`fuse_qkv`: {type(denoiser).__name__} cannot fuse its attention projections")
+        raise ValueError(f"`fuse_qkv` True: {type(denoiser).__name__} cannot fuse its attention projections; "
+                         "leave it False for this model")
     denoiser.fuse_qkv_projections()
     return "fused QKV projections in the denoiser's attention"

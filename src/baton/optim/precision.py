@@ -28,9 +28,25 @@ def set_text_encoder_dtype(runner: ModelRunner, dtype: torch.dtype) -> str | Non
     encoders = runner.text_encoders()
     if all(encoder.dtype == dtype for encoder in encoders):
         return None
+    kept = []
     for encoder in encoders:
         encoder.to(dtype=dtype)  # transformers models: no diffusers warning
-    return f"text encoders in {_name(dtype)} (embeddings cast to {_name(runner.dtype)} for the denoiser)"
+        if dtype == torch.float16:
+            kept += _keep_in_float32(encoder)
+    note = f"; {', '.join(sorted(set(kept)))} kept in float32 (they overflow in float16)" if kept else ""
+    return f"text encoders in {_name(dtype)} (embeddings cast to {_name(runner.dtype)} for the denoiser){note}"
+
+
+def _keep_in_float32(encoder: torch.nn.Module) -> list[str]:
+    """Put back in float32 the layers a transformers model says must stay there (T5's feed-forward output,
+    ``wo``, which overflows in float16; transformers does this at load, and T5 casts its input to match)."""
+    names = getattr(encoder, "_keep_in_fp32_modules", None) or []
+    kept = []
+    for module_name, module in encoder.named_modules():
+        if any(module_name.split(".")[-1] == name for name in names):
+            module.to(torch.float32)
+            kept.append(f"{type(encoder).__name__} {module_name.split('.')[-1]}")
+    return kept
 
 
 def set_vae_dtype(runner: ModelRunner, dtype: torch.dtype) -> str | None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import threading
 from collections.abc import AsyncIterator, Callable
 
@@ -72,8 +73,10 @@ def create_app(engine_config: EngineConfig, config: ServerConfig | None = None,
             return with_engine_limits(schema, engine_config.limits, engine_config.limits.max_size)
         models = engine.resolver.models
         samplers = {name for spec in models.values() for name in spec.schedulers}
+        # a size every model takes: a client that follows the schema is never refused for its size
+        multiple = math.lcm(engine_config.limits.size_multiple, *(spec.size_multiple for spec in models.values()))
         app.openapi_schema = with_engine_limits(schema, engine_config.limits, max(engine.resolver.max_sizes.values()),
-                                                {"model": list(models), "scheduler": sorted(samplers)})
+                                                {"model": list(models), "scheduler": sorted(samplers)}, multiple)
         return app.openapi_schema
 
     app.openapi = openapi

@@ -106,11 +106,12 @@ OPENAI_PARAMS = {"num_images": ("n", None), "width": ("size", "its width"), "hei
 
 
 def with_engine_limits(openapi: dict, limits: RequestLimits, max_size: int | None,
-                       choices: dict[str, list[str]] | None = None) -> dict:
+                       choices: dict[str, list[str]] | None = None, size_multiple: int | None = None) -> dict:
     """``openapi`` with the engine's limits on the request fields, so the schema tells clients (and fuzzers) what
     the engine will take; the engine still checks them itself. ``max_size``: the largest any loaded model takes
     (each model's own is in ``GET /v1/models``); ``choices``: the values a text field takes (``model``, and
-    ``scheduler``: the samplers any loaded model takes)."""
+    ``scheduler``: the samplers any loaded model takes); ``size_multiple``: a multiple every loaded model takes
+    (16 where one is a transformer over 2x2 patches), else the limits'."""
     bounds = {
         "num_images": (1, limits.max_images), "n": (1, limits.max_images), "steps": (1, limits.max_steps),
         "priority": (-limits.max_priority, limits.max_priority),
@@ -130,7 +131,7 @@ def with_engine_limits(openapi: dict, limits: RequestLimits, max_size: int | Non
             if high is not None:
                 integer["maximum"] = high
             if name in ("width", "height"):
-                integer["multipleOf"] = limits.size_multiple
+                integer["multipleOf"] = size_multiple or limits.size_multiple
         guidance = properties.get("guidance_scale", {})
         for option in guidance.get("anyOf", [guidance]):
             if option.get("type") == "number":

@@ -8,6 +8,7 @@ the image size (and the T5 length), so they are per batch key (``Conditioning.sh
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from typing import Any
 
 import numpy as np
@@ -22,6 +23,8 @@ from baton.models.transformer import TransformerRunner
 from baton.models.types import Conditioning, PromptEmbeddings, PromptInput
 from baton.request import GenerationRequest
 
+_POSITION_ID_SIZES = 64
+"""Sizes whose position ids are kept on the device (a few MB at most); the least recently used go first."""
 GUIDANCE = "guidance"
 """The key, among a Conditioning's added tensors, of Flux-dev's embedded guidance scale ([rows], float32)."""
 
@@ -30,7 +33,7 @@ class FluxRunner(TransformerRunner):
     family = "flux"
     pipeline_class = FluxPipeline
     tiny_vae = "taef1"
-    negative_branch = False
+    negative_branch = False  # true CFG (a negative prompt at twice the cost) is not served: see `negative_prompt`
     default_guidance_scale = 3.5
     max_sequence_length = 512
     t5_tokenizer = "tokenizer_2"
@@ -53,7 +56,7 @@ class FluxRunner(TransformerRunner):
             raise ValueError(f"this Flux transformer takes {in_channels} input channels, not 4 x the VAE's "
                              f"{self.latent_channels}: a variant conditioned on an image (Fill, Depth, Canny), "
                              "which text-to-image serving cannot feed")
-        self._ids: dict[tuple, torch.Tensor] = {}
+        self._ids: OrderedDict[tuple[int, int], torch.Tensor] = OrderedDict()  # least recently used first
         # FluxPipeline hard-codes 1024 (its default_sample_size is 128 whatever the model); the VAE's config says
         # 1024 for the published models and the native size of a small one (tiny-flux: 256). Read once: a
         # replacement VAE (the tiny autoencoder) has no sample size.
@@ -68,9 +71,6 @@ class FluxRunner(TransformerRunner):
     @property
     def embeds_guidance(self) -> bool:
         return bool(self.pipeline.transformer.config.guidance_embeds)
-
-    def uses_guidance(self, guidance_scale: float) -> bool:
-        return False  # never a negative branch (true CFG is not served: see `negative_prompt`)
 
     def guidance_condition(self, request: GenerationRequest, rows: int) -> dict[str, torch.Tensor]:
         if not self.embeds_guidance:
@@ -118,10 +118,13 @@ class FluxRunner(TransformerRunner):
 
     def _position_ids(self, height: int, width: int) -> torch.Tensor:
         """The image's RoPE ids [tokens, 3] for ``height`` x ``width`` pixels, or the text's (all zeros) for
-        ``height`` 0 and ``width`` tokens. Built once per size: a host-built tensor's copy would block on CUDA."""
+        ``height`` 0 and ``width`` tokens. Kept per size: they are copied without blocking, but once is enough.
+        Called on the denoising thread (and at warm-up, before it starts)."""
         key = (height, width)
         ids = self._ids.get(key)
-        if ids is None:
+        if ids is not None:
+            self._ids.move_to_end(key)
+        else:
             if height == 0:
                 ids = torch.zeros(width, 3)
             else:
@@ -129,6 +132,8 @@ class FluxRunner(TransformerRunner):
                 ids = self.pipeline._prepare_latent_image_ids(1, height // side, width // side, "cpu", torch.float32)
             ids = copy_to_device(ids.to(self.dtype), self.device)
             self._ids[key] = ids
+            if len(self._ids) > _POSITION_ID_SIZES:
+                self._ids.popitem(last=False)
         return ids
 
     def call_denoiser(
