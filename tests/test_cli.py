@@ -165,6 +165,8 @@ def test_models_lists_builtins_with_parameter_counts(capsys):
     out = capsys.readouterr().out
     assert "sd15-random" in out and "1.07B" in out and "sdxl-random" in out and "3.47B" in out
     assert "tiny-sd15" in out and "tiny-sdxl" in out
+    assert "7.69B" in out and "16.87B" in out and "16.86B" in out  # sd3-medium, flux-dev, flux-schnell (names cut)
+    assert "tiny-sd3" in out and "tiny-flux" in out and "tiny-pixart" in out
     assert "shapes" in out and "5.69M" in out  # its pipeline; its tiny autoencoder (another decoder) is apart
 
 

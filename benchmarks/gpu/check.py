@@ -22,6 +22,7 @@ Output folder (``$OUT`` when set, else ``--out``), 8 files::
 ``--suite dit`` runs issue 17's diffusion-transformer rows instead, in the same budget and files' limit::
 
     gpu-check.json, log.txt   as above
+    g-tests.json     pytest tests/gpu/test_cuda_transformers.py: SD3, Flux, PixArt-Σ against diffusers on CUDA
     g-flux.json      baton bench optimizations: flux-dev-random 1024², 28 steps, bf16: {"eager": diffusers vs
                      baton eager, "compile": baton compiled} (no float32 reference: it would take the window)
     g-sd3.json       the same for sd3-medium-random 1024², 28 steps with guidance: diffusers vs baton eager
@@ -156,10 +157,13 @@ def setup_parts(scratch: Path, python: str, wheels: tuple[Path, ...]) -> list[Pa
 def dit_parts(scratch: Path, python: str, wheels: tuple[Path, ...]) -> list[Part]:
     """Issue 17's H200 rows: Flux-dev and SD3-medium latency against plain diffusers, then serving Flux."""
     parts = setup_parts(scratch, python, wheels)
+    # 0. the families' CUDA correctness (tiny models, float32 against diffusers, CUDA graphs, offload, syncs)
+    parts.append(pytest_part(python, "g-tests", "not compile", scratch / "g-junit.xml", cap_s=40,
+                             result="g-tests.json", where="tests/gpu/test_cuda_transformers.py"))
     # 1. Flux-dev 1024², 28 steps, bf16: the published marks are 5.58 s (SDPA), 4.32 s (compiled), 3.50 s (FA3).
     #    The compiled row is a part of its own, so a cold compile past its cap keeps the eager numbers.
     for key, rows, cap in (("eager", "diffusers bf16 + SDPA (stacked),bf16 + SDPA", 90),
-                           ("compile", "bf16 + SDPA + compile", 130)):
+                           ("compile", "bf16 + SDPA + compile", 110)):
         folder = scratch / f"g-flux-{key}"
         parts.append(Part(
             f"g-flux-{key}", (python, *DIT_OPTIMIZATIONS, "--model", "flux-dev-random", "--only", rows,
@@ -172,7 +176,7 @@ def dit_parts(scratch: Path, python: str, wheels: tuple[Path, ...]) -> list[Part
                   "diffusers bf16 + SDPA (stacked),bf16 + SDPA", "--out", str(scratch / "g-sd3")),
         cap_s=60, result="g-sd3.json", read=lambda: read_json(scratch / "g-sd3" / "optimizations.json")))
     # 3. serving Flux-dev: stacked against staged-step, 8 clients, at 512² and 1024²
-    for size, cap in (("512", 90), ("1024", 80)):
+    for size, cap in (("512", 80), ("1024", 80)):
         raw = scratch / f"g-serve-{size}.json"
         parts.append(Part(
             f"g-serve-{size}", (python, *DIT_SERVE, "--model", "flux-dev-random", "--size", f"{size}x{size}",
@@ -188,9 +192,8 @@ def dit_parts(scratch: Path, python: str, wheels: tuple[Path, ...]) -> list[Part
 
 
 def pytest_part(python: str, name: str, marks: str, junit: Path, cap_s: int, result: str,
-                key: str | None = None) -> Part:
-    argv = (python, "-m", "pytest", "tests/gpu", "-m", marks, "-q", "-p", "no:cacheprovider",
-            f"--junitxml={junit}")
+                key: str | None = None, where: str = "tests/gpu") -> Part:
+    argv = (python, "-m", "pytest", where, "-m", marks, "-q", "-p", "no:cacheprovider", f"--junitxml={junit}")
     return Part(name, argv, cap_s=cap_s, result=result, key=key, read=lambda: junit_summary(junit))
 
 

@@ -131,7 +131,7 @@ def test_the_dit_suite_fits_the_budget_and_the_files_that_come_back():
     wheels = (Path(".whl/diffusers-0.42.1-py3-none-any.whl"),)
     parts = check.gpu_parts(Path("/scratch"), "python3", wheels, suite="dit")
     names = [part.name for part in parts]
-    assert names[:3] == ["setup", "probe", "g-flux-eager"] and names[-1] == "g-schnell"
+    assert names[:4] == ["setup", "probe", "g-tests", "g-flux-eager"] and names[-1] == "g-schnell"
     assert sum(part.cap_s for part in parts) <= check.DEFAULT_BUDGET_S
     assert len(check.planned_files(parts)) <= check.MAX_FILES
     check.check_plan(parts)

@@ -444,6 +444,20 @@ class ModelRunner(ABC):
         }
 
 
+class ScaledNoiseSampling:
+    """For models sampled by the noise-predicting samplers (DDIM, Euler, DPM-Solver, ...): the initial noise is
+    scaled by the sampler's ``init_noise_sigma`` and each step's input by its ``scale_model_input``, as their
+    pipelines do. The UNets and PixArt-Σ; flow-matching samplers need neither. Put it before ``ModelRunner``."""
+
+    def initial_latents(
+        self, request: GenerationRequest, generator: torch.Generator, scheduler: SchedulerMixin
+    ) -> torch.Tensor:
+        return super().initial_latents(request, generator, scheduler) * scheduler.init_noise_sigma
+
+    def scale_model_input(self, scheduler: SchedulerMixin, rows: torch.Tensor, timestep: torch.Tensor) -> torch.Tensor:
+        return scheduler.scale_model_input(rows, timestep)
+
+
 def _step_kwargs(scheduler: SchedulerMixin, generator: torch.Generator) -> dict[str, Any]:
     """The extra step() arguments the diffusers pipelines pass: eta (DDIM's, 0) and the request's generator,
     wrapped so that the noise a sampler draws from it reaches the device without a sync (``baton.models.noise``)."""

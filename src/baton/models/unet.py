@@ -10,10 +10,9 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from diffusers.schedulers.scheduling_utils import SchedulerMixin
 
 from baton.device import copy_to_device
-from baton.models.runner import ModelRunner
+from baton.models.runner import ModelRunner, ScaledNoiseSampling
 from baton.models.types import Conditioning
 from baton.request import GenerationRequest
 
@@ -23,7 +22,7 @@ TIMESTEP_COND = "timestep_cond"
 copied into a CUDA graph's buffers alike) and goes to the UNet as its ``timestep_cond`` argument."""
 
 
-class UNetRunner(ModelRunner):
+class UNetRunner(ScaledNoiseSampling, ModelRunner):
     denoiser_name = "unet"
     # the time and "text_time" embedding MLPs and each resnet's time projection (baton.models.invariance)
     batch_variant_parents = ("time_embedding", "add_embedding", "class_embedding")
@@ -59,14 +58,6 @@ class UNetRunner(ModelRunner):
             scale, embedding_dim=self.pipeline.unet.config.time_cond_proj_dim
         )  # [1, time_cond_proj_dim], float32, on the host
         return {TIMESTEP_COND: copy_to_device(embedding, self.device, self.dtype).expand(rows, -1)}
-
-    def initial_latents(
-        self, request: GenerationRequest, generator: torch.Generator, scheduler: SchedulerMixin
-    ) -> torch.Tensor:
-        return super().initial_latents(request, generator, scheduler) * scheduler.init_noise_sigma
-
-    def scale_model_input(self, scheduler: SchedulerMixin, rows: torch.Tensor, timestep: torch.Tensor) -> torch.Tensor:
-        return scheduler.scale_model_input(rows, timestep)
 
     def call_denoiser(
         self, module: Any, latents: torch.Tensor, timesteps: torch.Tensor, conditioning: Conditioning

@@ -2,7 +2,8 @@
 beside the noise, and the noise-predicting samplers of the UNet families (DPM-Solver++ by default).
 
 The third family, written against the runner's hooks to show what a new one takes: it is neither a UNet nor a
-flow-matching transformer, so it derives from :class:`ModelRunner` and borrows nothing but the hooks.
+flow-matching transformer, so it derives from :class:`ModelRunner`, with the noise-predicting samplers' input
+scaling it shares with the UNets (:class:`ScaledNoiseSampling`).
 """
 
 from __future__ import annotations
@@ -11,9 +12,8 @@ from typing import Any, ClassVar
 
 import torch
 from diffusers import PixArtSigmaPipeline
-from diffusers.schedulers.scheduling_utils import SchedulerMixin
 
-from baton.models.runner import ModelRunner
+from baton.models.runner import ModelRunner, ScaledNoiseSampling
 from baton.models.types import Conditioning, PromptEmbeddings, PromptInput
 from baton.request import GenerationRequest
 
@@ -24,7 +24,7 @@ in its cross-attention, so it is per row like the embeddings."""
 _NO_MICRO_CONDITIONS: dict[str, None] = {"resolution": None, "aspect_ratio": None}
 
 
-class PixArtSigmaRunner(ModelRunner):
+class PixArtSigmaRunner(ScaledNoiseSampling, ModelRunner):
     family = "pixart"
     pipeline_class = PixArtSigmaPipeline
     denoiser_name = "transformer"
@@ -44,14 +44,6 @@ class PixArtSigmaRunner(ModelRunner):
     @property
     def latent_channels(self) -> int:
         return self.pipeline.transformer.config.in_channels
-
-    def initial_latents(
-        self, request: GenerationRequest, generator: torch.Generator, scheduler: SchedulerMixin
-    ) -> torch.Tensor:
-        return super().initial_latents(request, generator, scheduler) * scheduler.init_noise_sigma
-
-    def scale_model_input(self, scheduler: SchedulerMixin, rows: torch.Tensor, timestep: torch.Tensor) -> torch.Tensor:
-        return scheduler.scale_model_input(rows, timestep)
 
     def model_output(self, prediction: torch.Tensor) -> torch.Tensor:
         if self.pipeline.transformer.config.out_channels // 2 == self.latent_channels:
