@@ -36,14 +36,6 @@ class TransformerRunner(ModelRunner):
     patch: ClassVar[int] = 2
     """Latent pixels per token along each side (SD3's patch size, Flux's 2x2 packing)."""
 
-    @property
-    def default_size(self) -> int:
-        return self.pipeline.default_sample_size * self.vae_scale_factor
-
-    @property
-    def size_multiple(self) -> int:
-        return self.vae_scale_factor * self.patch
-
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         if self.pipeline.scheduler.config.get("use_dynamic_shifting", False):
@@ -51,6 +43,14 @@ class TransformerRunner(ModelRunner):
                 if cls is not None and "mu" not in inspect.signature(cls.set_timesteps).parameters:
                     self.schedulers.unsupported.setdefault(
                         name, f"{cls.__name__} has no resolution-dependent shift, which this model's schedule has")
+
+    @property
+    def default_size(self) -> int:
+        return self.pipeline.default_sample_size * self.vae_scale_factor
+
+    @property
+    def size_multiple(self) -> int:
+        return self.vae_scale_factor * self.patch
 
     def image_tokens(self, height: int, width: int) -> int:
         return (height // self.size_multiple) * (width // self.size_multiple)
