@@ -31,7 +31,7 @@ from diffusers import DiffusionPipeline
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 
 from baton.device import copy_to_device
-from baton.models.invariance import RequestSegments
+from baton.models.invariance import RequestSegments, run_rows_separately
 from baton.models.noise import draw_noise, step_generator
 from baton.models.schedulers import SCHEDULER_CLASSES, SchedulerFactory
 from baton.models.types import Conditioning, Denoiser, Optimized, PromptEmbeddings, PromptInput
@@ -131,6 +131,11 @@ class ModelRunner(ABC):
         self._request_segments = RequestSegments(self.batch_variant_layers())
         self.batch_invariant = device.type == "cpu"
         """Run the batch-variant layers per request (see ``baton.models.invariance``); the engine sets it."""
+        for encoder in self.text_encoders():
+            if isinstance(getattr(encoder, "text_projection", None), torch.nn.Linear):
+                # a pooled projection sees one row per prompt; diffusers encodes one prompt at a time, baton a
+                # batch of them (SDXL's second CLIP, both of SD3's)
+                run_rows_separately(encoder.text_projection, enabled=lambda: self.batch_invariant)
         self.optimized = Optimized()
         """What ``baton.optim.apply_optimizations`` built for this model; empty: the plain eager model."""
         self._preview_factors: dict[torch.device, torch.Tensor] = {}

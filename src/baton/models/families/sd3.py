@@ -8,7 +8,6 @@ from typing import Any
 import torch
 from diffusers import StableDiffusion3Pipeline
 
-from baton.models.invariance import run_rows_separately
 from baton.models.transformer import TransformerRunner
 from baton.models.types import Conditioning, PromptEmbeddings, PromptInput
 from baton.request import GenerationRequest
@@ -26,11 +25,6 @@ class StableDiffusion3Runner(TransformerRunner):
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.patch = self.pipeline.transformer.config.patch_size
-        for name in ("text_encoder", "text_encoder_2"):
-            encoder = getattr(self.pipeline, name, None)
-            if encoder is not None and isinstance(getattr(encoder, "text_projection", None), torch.nn.Linear):
-                # diffusers encodes one prompt at a time; baton a batch of them (see baton.models.invariance)
-                run_rows_separately(encoder.text_projection, enabled=lambda: self.batch_invariant)
 
     def encode_prompts(self, inputs: list[PromptInput]) -> list[PromptEmbeddings]:
         with_negative = any(item.needs_negative for item in inputs)

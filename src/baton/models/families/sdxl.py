@@ -6,7 +6,6 @@ import torch
 from diffusers import StableDiffusionXLPipeline
 
 from baton.device import copy_to_device
-from baton.models.invariance import run_rows_separately
 from baton.models.types import Conditioning, PromptEmbeddings, PromptInput
 from baton.models.unet import UNetRunner
 from baton.request import GenerationRequest
@@ -25,10 +24,6 @@ class StableDiffusionXLRunner(UNetRunner):
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self._time_ids_by_size: dict[tuple, torch.Tensor] = {}
-        encoder = self.pipeline.text_encoder_2
-        if encoder is not None and isinstance(getattr(encoder, "text_projection", None), torch.nn.Linear):
-            # diffusers encodes one prompt at a time; baton a batch of them (see baton.models.invariance)
-            run_rows_separately(encoder.text_projection, enabled=lambda: self.batch_invariant)
 
     def encode_prompts(self, inputs: list[PromptInput]) -> list[PromptEmbeddings]:
         with_negative = any(item.needs_negative for item in inputs)
