@@ -223,6 +223,16 @@ class ModelRunner(ABC):
         """Per-row tensors of a guidance-distilled model that embeds the guidance scale; else nothing."""
         return {}
 
+    def request_rows(self, embeddings: PromptEmbeddings, request: GenerationRequest, name: str,
+                     negative_name: str) -> torch.Tensor:
+        """One of a prompt's tensors as the request's denoiser rows: ``[negative × n, positive × n]`` with
+        classifier-free guidance, ``[positive × n]`` without (a new tensor either way, never a broadcast view)."""
+        tensors, n = embeddings.tensors, request.num_images
+        rows = [tensors[name].expand(n, *tensors[name].shape[1:])]
+        if self.uses_guidance(request.guidance_scale):
+            rows.insert(0, tensors[negative_name].expand(n, *tensors[negative_name].shape[1:]))
+        return torch.cat(rows)
+
     # -- family-specific ------------------------------------------------------------------------------------------
     @abstractmethod
     def encode_prompts(self, inputs: list[PromptInput]) -> list[PromptEmbeddings]:

@@ -82,14 +82,10 @@ class PixArtSigmaRunner(ScaledNoiseSampling, ModelRunner):
         return results
 
     def conditioning(self, embeddings: PromptEmbeddings, request: GenerationRequest) -> Conditioning:
-        n = request.num_images
-        t = embeddings.tensors
-        hidden = [t["prompt"].expand(n, -1, -1)]
-        masks = [t[ATTENTION_MASK].expand(n, -1)]
-        if self.uses_guidance(request.guidance_scale):
-            hidden.insert(0, t["negative"].expand(n, -1, -1))
-            masks.insert(0, t["negative_mask"].expand(n, -1))
-        return Conditioning(hidden_states=torch.cat(hidden), added={ATTENTION_MASK: torch.cat(masks)})
+        return Conditioning(
+            hidden_states=self.request_rows(embeddings, request, "prompt", "negative"),
+            added={ATTENTION_MASK: self.request_rows(embeddings, request, ATTENTION_MASK, "negative_mask")},
+        )
 
     def call_denoiser(
         self, module: Any, latents: torch.Tensor, timesteps: torch.Tensor, conditioning: Conditioning

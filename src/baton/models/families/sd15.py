@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import torch
 from diffusers import StableDiffusionPipeline
 
 from baton.models.types import Conditioning, PromptEmbeddings, PromptInput
@@ -39,9 +38,5 @@ class StableDiffusionRunner(UNetRunner):
         return results
 
     def conditioning(self, embeddings: PromptEmbeddings, request: GenerationRequest) -> Conditioning:
-        n = request.num_images
-        rows = [embeddings.tensors["prompt"].expand(n, -1, -1)]
-        if self.uses_guidance(request.guidance_scale):
-            rows.insert(0, embeddings.tensors["negative"].expand(n, -1, -1))
-        hidden = torch.cat(rows)
+        hidden = self.request_rows(embeddings, request, "prompt", "negative")
         return Conditioning(hidden_states=hidden, added=self.guidance_condition(request, hidden.shape[0]))

@@ -49,14 +49,10 @@ class StableDiffusion3Runner(TransformerRunner):
         return results
 
     def conditioning(self, embeddings: PromptEmbeddings, request: GenerationRequest) -> Conditioning:
-        n = request.num_images
-        t = embeddings.tensors
-        hidden = [t["prompt"].expand(n, -1, -1)]
-        pooled = [t["pooled"].expand(n, -1)]
-        if self.uses_guidance(request.guidance_scale):
-            hidden.insert(0, t["negative"].expand(n, -1, -1))
-            pooled.insert(0, t["negative_pooled"].expand(n, -1))
-        return Conditioning(hidden_states=torch.cat(hidden), added={"pooled": torch.cat(pooled)})
+        return Conditioning(
+            hidden_states=self.request_rows(embeddings, request, "prompt", "negative"),
+            added={"pooled": self.request_rows(embeddings, request, "pooled", "negative_pooled")},
+        )
 
     def call_denoiser(
         self, module: Any, latents: torch.Tensor, timesteps: torch.Tensor, conditioning: Conditioning

@@ -51,19 +51,14 @@ class StableDiffusionXLRunner(UNetRunner):
         return results
 
     def conditioning(self, embeddings: PromptEmbeddings, request: GenerationRequest) -> Conditioning:
-        n = request.num_images
-        t = embeddings.tensors
-        time_ids = self._time_ids(request.height, request.width, t["prompt"].dtype, t["prompt"].device)
-        hidden = [t["prompt"].expand(n, -1, -1)]
-        pooled = [t["pooled"].expand(n, -1)]
-        if self.uses_guidance(request.guidance_scale):
-            hidden.insert(0, t["negative"].expand(n, -1, -1))
-            pooled.insert(0, t["negative_pooled"].expand(n, -1))
-        rows = len(hidden) * n
+        prompt = embeddings.tensors["prompt"]
+        time_ids = self._time_ids(request.height, request.width, prompt.dtype, prompt.device)
+        hidden = self.request_rows(embeddings, request, "prompt", "negative")
+        rows = hidden.shape[0]
         return Conditioning(
-            hidden_states=torch.cat(hidden),
-            added={"text_embeds": torch.cat(pooled), "time_ids": time_ids.expand(rows, -1).contiguous(),
-                   **self.guidance_condition(request, rows)},
+            hidden_states=hidden,
+            added={"text_embeds": self.request_rows(embeddings, request, "pooled", "negative_pooled"),
+                   "time_ids": time_ids.expand(rows, -1).contiguous(), **self.guidance_condition(request, rows)},
         )
 
     def _time_ids(self, height: int, width: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
