@@ -89,8 +89,55 @@ def _vae(channels: tuple[int, ...], layers: int, groups: int, sample_size: int, 
     )
 
 
+@contextlib.contextmanager
+def default_dtype(dtype: torch.dtype) -> Iterator[None]:
+    """New floating-point tensors in ``dtype`` while inside. The default dtype is process-wide: a thread that
+    makes tensors meanwhile gets it too, which is why only full-size builds (at load time) use this."""
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(previous)
+
+
+class RandomWeights:
+    """Building and counting a random-weight pipeline from its spec's ``_modules()`` and ``_assemble()``."""
+
+    full_size: bool = False
+    """Initialise directly in the target dtype as well as on the device (``baton.models.builtin_dit``: a float32
+    copy of a 17B-parameter model would need 68 GB); else float32 then cast, so weights are the same in any dtype."""
+
+    def build(self, device: torch.device | str, dtype: torch.dtype, seed: int = 0) -> DiffusionPipeline:
+        """Build the pipeline with seeded random weights directly on ``device``, in ``dtype``."""
+        device = torch.device(device)
+        devices = [device] if device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices), torch.device(device):
+            torch.manual_seed(seed)
+            with default_dtype(dtype) if self.full_size else contextlib.nullcontext():
+                modules = self._modules()
+        for module in modules.values():
+            # full size: only what a constructor makes in float32 on purpose remains (SD3's position table)
+            with quiet_casts():
+                module.to(dtype=dtype)
+            module.eval().requires_grad_(False)
+        return self._assemble(modules)
+
+    def parameter_counts(self) -> dict[str, int]:
+        """Parameters per component, counted on the meta device (no memory; seconds even with T5-XXL)."""
+        with torch.device("meta"):
+            modules = self._modules()
+        return {name: sum(p.numel() for p in module.parameters()) for name, module in modules.items()}
+
+    def _modules(self) -> dict[str, torch.nn.Module]:
+        raise NotImplementedError
+
+    def _assemble(self, modules: dict[str, torch.nn.Module]) -> DiffusionPipeline:
+        raise NotImplementedError
+
+
 @dataclass(frozen=True, slots=True)
-class BuiltinSpec:
+class BuiltinSpec(RandomWeights):
     """A random-weight pipeline described by the config dicts of its components."""
 
     name: str
@@ -102,24 +149,6 @@ class BuiltinSpec:
     text_encoder_2: dict | None = None  # SDXL's second (OpenCLIP bigG-shaped) encoder, with projection
     scheduler: dict | None = None
     """An ``LCMScheduler`` config for a guidance-distilled model; ``None``: the family's published scheduler."""
-
-    def build(self, device: torch.device, dtype: torch.dtype, seed: int = 0) -> DiffusionPipeline:
-        """Build the pipeline with seeded random weights directly on ``device``, then cast to ``dtype``."""
-        devices = [device] if device.type == "cuda" else []
-        with torch.random.fork_rng(devices=devices), torch.device(device):
-            torch.manual_seed(seed)
-            modules = self._modules()
-        for module in modules.values():
-            with quiet_casts():
-                module.to(dtype=dtype)
-            module.eval().requires_grad_(False)
-        return self._assemble(modules)
-
-    def parameter_counts(self) -> dict[str, int]:
-        """Parameters per component, counted on the meta device (no memory, a second even for SDXL)."""
-        with torch.device("meta"):
-            modules = self._modules()
-        return {name: sum(p.numel() for p in module.parameters()) for name, module in modules.items()}
 
     def _modules(self) -> dict[str, torch.nn.Module]:
         modules: dict[str, torch.nn.Module] = {

@@ -13,8 +13,6 @@ are, so their weights are the same whatever dtype is asked for.
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
@@ -32,7 +30,7 @@ from diffusers import (
 )
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, T5Config, T5EncoderModel
 
-from baton.models.builtin import _TINY_VAE, _clip_text, quiet_casts
+from baton.models.builtin import _TINY_VAE, RandomWeights, _clip_text
 from baton.models.tokenizers import (
     byte_level_clip_tokenizer,
     byte_level_vocab,
@@ -73,18 +71,6 @@ _TRANSFORMERS: dict[str, type[torch.nn.Module]] = {
 }
 
 
-@contextlib.contextmanager
-def _default_dtype(dtype: torch.dtype) -> Iterator[None]:
-    """New floating-point tensors in ``dtype`` while inside. The default dtype is process-wide: a thread that
-    makes tensors meanwhile gets it too, which is why only full-size builds (at load time) use this."""
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(dtype)
-    try:
-        yield
-    finally:
-        torch.set_default_dtype(previous)
-
-
 def _t5_encoder(d_model: int, d_ff: int, d_kv: int, heads: int, layers: int, vocab_size: int = 32128) -> dict:
     """A T5 v1.1 encoder config (gated GELU feed-forward, untied head), as SD3's and Flux's T5-XXL have."""
     return dict(
@@ -107,7 +93,7 @@ def _flow_vae(channels: tuple[int, ...], layers: int, groups: int, sample_size: 
 
 
 @dataclass(frozen=True, slots=True)
-class DiTSpec:
+class DiTSpec(RandomWeights):
     """A random-weight SD3 or Flux pipeline described by the config dicts of its components."""
 
     name: str
@@ -124,27 +110,6 @@ class DiTSpec:
     copy keeps."""
     full_size: bool = False
     """Initialise directly on the device in the target dtype (see the module docstring)."""
-
-    def build(self, device: torch.device | str, dtype: torch.dtype, seed: int = 0) -> DiffusionPipeline:
-        """Build the pipeline with seeded random weights on ``device`` in ``dtype``."""
-        device = torch.device(device)
-        devices = [device] if device.type == "cuda" else []
-        with torch.random.fork_rng(devices=devices), torch.device(device):
-            torch.manual_seed(seed)
-            with _default_dtype(dtype) if self.full_size else contextlib.nullcontext():
-                modules = self._modules()
-        for module in modules.values():
-            # full size: only what a constructor makes in float32 on purpose remains (SD3's position table)
-            with quiet_casts():
-                module.to(dtype=dtype)
-            module.eval().requires_grad_(False)
-        return self._assemble(modules)
-
-    def parameter_counts(self) -> dict[str, int]:
-        """Parameters per component, counted on the meta device (no memory; seconds even with T5-XXL)."""
-        with torch.device("meta"):
-            modules = self._modules()
-        return {name: sum(p.numel() for p in module.parameters()) for name, module in modules.items()}
 
     def _modules(self) -> dict[str, torch.nn.Module]:
         modules: dict[str, torch.nn.Module] = {
